@@ -1,0 +1,96 @@
+"""Fashion-MNIST from its four standard IDX .gz files, read directly (no torchvision download needed)."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from datakd.data.base import DatasetBundle, ImageArrays, register_dataset, require_root
+from datakd.errors import DatakdError
+
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# Statistics of the 60k training images in [0, 1] units.
+MEAN, STD = (0.2860,), (0.3530,)
+ATTRIBUTION = "Fashion-MNIST, Copyright (c) 2017 Zalando SE, MIT License (https://github.com/zalandoresearch/fashion-mnist)"
+
+
+def _open(path: Path) -> bytes:
+    for candidate in (path.with_name(path.name + ".gz"), path):
+        if candidate.is_file():
+            opener = gzip.open if candidate.suffix == ".gz" else open
+            with opener(candidate, "rb") as handle:
+                return handle.read()
+    raise DatakdError(f"Fashion-MNIST file {path.name}(.gz) not found in {str(path.parent)!r}")
+
+
+def read_idx(data: bytes, name: str = "IDX file") -> np.ndarray:
+    """Decode an IDX byte string (magic 0x0000 08 NDIM, big-endian dims, uint8 payload)."""
+    if len(data) < 4:
+        raise DatakdError(f"{name} is truncated")
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise DatakdError(f"{name}: not a uint8 IDX file (magic {data[:4].hex()})")
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    payload = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if payload.size != int(np.prod(dims)):
+        raise DatakdError(f"{name}: expected {int(np.prod(dims))} values for shape {dims}, found {payload.size}")
+    return payload.reshape(dims)
+
+
+def read_split(root: Path, split: str) -> ImageArrays:
+    image_file, label_file = FILES[split]
+    images = read_idx(_open(root / image_file), image_file)
+    labels = read_idx(_open(root / label_file), label_file)
+    if images.ndim != 3 or labels.shape[0] != images.shape[0]:
+        raise DatakdError(f"Fashion-MNIST {split}: {images.shape[0]} images but {labels.shape[0]} labels")
+    return ImageArrays(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
+
+
+def to_cifar_geometry(split: ImageArrays, pad_to_32: bool, rgb: bool) -> ImageArrays:
+    """Zero-pad 28×28 to 32×32 and/or replicate to 3 channels so CIFAR models run unchanged."""
+    images = split.images
+    if pad_to_32:
+        images = F.pad(images, (2, 2, 2, 2))
+    if rgb:
+        images = images.expand(-1, 3, -1, -1).contiguous()
+    return ImageArrays(images, split.labels)
+
+
+def bundle_from_splits(
+    name: str, train: ImageArrays, test: ImageArrays, pad_to_32: bool = True, rgb: bool = True
+) -> DatasetBundle:
+    train = to_cifar_geometry(train, pad_to_32, rgb)
+    test = to_cifar_geometry(test, pad_to_32, rgb)
+    channels = train.images.shape[1]
+    return DatasetBundle(
+        name=name,
+        train=train,
+        test=test,
+        num_classes=10,
+        mean=MEAN * channels,
+        std=STD * channels,
+        class_names=CLASSES,
+        image_size=tuple(train.images.shape[2:]),
+        attribution=ATTRIBUTION,
+    )
+
+
+@register_dataset("fashion-mnist")
+def fashion_mnist(
+    root: str | None = None, download: bool = False, pad_to_32: bool = True, rgb: bool = True
+) -> DatasetBundle:
+    """Fashion-MNIST from the four IDX(.gz) files in `root`; padded to 32×32 RGB by default."""
+    if download:
+        raise DatakdError("fashion-mnist is read from local IDX files; download it and pass --data-root DIR")
+    path = require_root("fashion-mnist", root)
+    return bundle_from_splits("fashion-mnist", read_split(path, "train"), read_split(path, "test"), pad_to_32, rgb)

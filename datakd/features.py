@@ -1,0 +1,116 @@
+"""One feature extractor for every method: forward hooks by module path, no model rewriting.
+
+A tap is ``"path"`` (the module's output) or ``"path:input"`` (its first positional input); a named tap
+(``stage3``, ``pre_logits``) is looked up in the model's tap table first. ``logits`` is the model output and
+needs no hook. Recordings live in the recorder, are cleared before every forward, and hold references to the
+live tensors so gradients flow through them; under DDP each process records its own replica.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from datakd.errors import DatakdError
+from datakd.models.registry import model_taps
+
+LOGITS = "logits"
+
+
+def resolve_tap(model: nn.Module, tap: str) -> tuple[str, str]:
+    """Map a tap name to (module path, "input"|"output")."""
+    table = model_taps(model)
+    spec = table.get(tap, tap)
+    path, _, kind = spec.partition(":")
+    kind = kind or "output"
+    if kind not in ("input", "output"):
+        raise DatakdError(f"tap {tap!r}: the part after ':' must be 'input' or 'output', got {kind!r}")
+    return path, kind
+
+
+def _find_module(model: nn.Module, path: str, tap: str) -> nn.Module:
+    inner = getattr(model, "module", model) if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    if path in ("", "."):
+        return inner
+    try:
+        return inner.get_submodule(path)
+    except AttributeError:
+        named = model_taps(model)
+        hint = f"named taps: {', '.join(sorted(named))}; " if named else ""
+        raise DatakdError(
+            f"tap {tap!r}: module path {path!r} does not exist in {type(inner).__name__} "
+            f"({hint}module paths are listed by `datakd info --model NAME`)"
+        ) from None
+
+
+class FeatureRecorder:
+    """Records the tensors at a set of taps during a forward pass of one model."""
+
+    def __init__(self, model: nn.Module, taps: Iterable[str]) -> None:
+        self.model = model
+        self.taps = [t for t in dict.fromkeys(taps) if t != LOGITS]
+        self.features: dict[str, torch.Tensor] = {}
+        self._handles: list[Any] = []
+        for tap in self.taps:
+            path, kind = resolve_tap(model, tap)
+            module = _find_module(model, path, tap)
+            if kind == "output":
+                handle = module.register_forward_hook(self._output_hook(tap))
+            else:
+                handle = module.register_forward_pre_hook(self._input_hook(tap))
+            self._handles.append(handle)
+
+    def _output_hook(self, tap: str):  # noqa: ANN202 - hook closure
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            self.features[tap] = output[0] if isinstance(output, (tuple, list)) else output
+
+        return hook
+
+    def _input_hook(self, tap: str):  # noqa: ANN202 - hook closure
+        def hook(_module: nn.Module, inputs: Any) -> None:
+            self.features[tap] = inputs[0]
+
+        return hook
+
+    def clear(self) -> None:
+        self.features = {}
+
+    def forward(self, images: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Run the model and return (logits, {tap: feature}); recordings are cleared first."""
+        self.clear()
+        logits = self.model(images, **kwargs)
+        features = self.features
+        self.features = {}
+        missing = [t for t in self.taps if t not in features]
+        if missing:
+            raise DatakdError(f"taps {missing} were not reached by the forward pass of {type(self.model).__name__}")
+        features[LOGITS] = logits
+        return logits, features
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.features = {}
+
+    def __enter__(self) -> FeatureRecorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+@torch.no_grad()
+def feature_shapes(model: nn.Module, taps: Iterable[str], sample: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """Shapes (without batch dim) of the features at `taps`, from one eval-mode forward of `sample`."""
+    was_training = model.training
+    model.eval()
+    try:
+        with FeatureRecorder(model, taps) as recorder:
+            _, features = recorder.forward(sample)
+    finally:
+        model.train(was_training)
+    return {tap: tuple(f.shape[1:]) for tap, f in features.items()}

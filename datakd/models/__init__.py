@@ -1,0 +1,5 @@
+"""Model zoo: CIFAR networks with RepDistiller/mdistiller state-dict keys, and ImageNet models by name."""
+
+from datakd.models.registry import MODELS, ModelEntry, create, get_entry, model_taps, register_model
+
+__all__ = ["MODELS", "ModelEntry", "create", "get_entry", "model_taps", "register_model"]
