@@ -9,6 +9,7 @@ ImageFolder gives ``train/``, so checkpoints trained either way agree.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -82,12 +83,15 @@ def decode_all(split: ImageFiles, size: tuple[int, int] = (64, 64)) -> ImageArra
     from torchvision.io import ImageReadMode, decode_image, read_file
 
     images = torch.empty((len(split), 3, *size), dtype=torch.uint8)
-    for i, path in enumerate(split.paths):
-        image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-        if tuple(image.shape[1:]) != size:
-            found = tuple(image.shape[1:])
-            raise DatakdError(f"Tiny-ImageNet image {str(path)!r} is {found}, expected {size}")
-        images[i] = image
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its image codecs in favour of torchcodec, which we do not depend on.
+        warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
+        for i, path in enumerate(split.paths):
+            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+            if tuple(image.shape[1:]) != size:
+                found = tuple(image.shape[1:])
+                raise DatakdError(f"Tiny-ImageNet image {str(path)!r} is {found}, expected {size}")
+            images[i] = image
     return ImageArrays(images, split.labels.clone())
 
 
