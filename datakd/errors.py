@@ -18,7 +18,9 @@ class NonFiniteLossError(DatakdError):
     """A loss term became NaN/Inf; the run stops and the last good checkpoint is kept."""
 
 
-def choice_error(kind: str, value: object, choices: Iterable[str], cls: type[DatakdError] = DatakdError) -> DatakdError:
+def choice_error(
+    kind: str, value: object, choices: Iterable[str], cls: type[DatakdError] = DatakdError
+) -> DatakdError:
     """Build an error for `value` not being one of `choices`, with a did-you-mean hint."""
     options = sorted(choices)
     close = difflib.get_close_matches(str(value), options, n=1)

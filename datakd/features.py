@@ -32,7 +32,8 @@ def resolve_tap(model: nn.Module, tap: str) -> tuple[str, str]:
 
 
 def _find_module(model: nn.Module, path: str, tap: str) -> nn.Module:
-    inner = getattr(model, "module", model) if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    wrapped = isinstance(model, nn.parallel.DistributedDataParallel)
+    inner = getattr(model, "module", model) if wrapped else model
     if path in ("", "."):
         return inner
     try:
@@ -63,13 +64,13 @@ class FeatureRecorder:
                 handle = module.register_forward_pre_hook(self._input_hook(tap))
             self._handles.append(handle)
 
-    def _output_hook(self, tap: str):  # noqa: ANN202 - hook closure
+    def _output_hook(self, tap: str):
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             self.features[tap] = output[0] if isinstance(output, (tuple, list)) else output
 
         return hook
 
-    def _input_hook(self, tap: str):  # noqa: ANN202 - hook closure
+    def _input_hook(self, tap: str):
         def hook(_module: nn.Module, inputs: Any) -> None:
             self.features[tap] = inputs[0]
 
@@ -86,7 +87,8 @@ class FeatureRecorder:
         self.features = {}
         missing = [t for t in self.taps if t not in features]
         if missing:
-            raise DatakdError(f"taps {missing} were not reached by the forward pass of {type(self.model).__name__}")
+            model_name = type(self.model).__name__
+            raise DatakdError(f"taps {missing} were not reached by the forward pass of {model_name}")
         features[LOGITS] = logits
         return logits, features
 

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-FMNIST_CANDIDATES = [os.environ.get("DATAKD_FMNIST", ""), str(REPO.parent / "shared" / "data" / "fashion-mnist")]
+FMNIST_CANDIDATES = [
+    os.environ.get("DATAKD_FMNIST", ""), str(REPO.parent / "shared" / "data" / "fashion-mnist")
+]
 
 
 @pytest.fixture(scope="session")

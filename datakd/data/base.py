@@ -27,9 +27,11 @@ class ImageArrays:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(f"images must be uint8 N×C×H×W, got {self.images.dtype} {tuple(self.images.shape)}")
+            shape = tuple(self.images.shape)
+            raise ValueError(f"images must be uint8 N×C×H×W, got {self.images.dtype} {shape}")
         if self.labels.shape != (self.images.shape[0],):
-            raise ValueError(f"labels must have shape ({self.images.shape[0]},), got {tuple(self.labels.shape)}")
+            shape = tuple(self.labels.shape)
+            raise ValueError(f"labels must have shape ({self.images.shape[0]},), got {shape}")
         self.labels = self.labels.long()
 
     def __len__(self) -> int:
@@ -96,7 +98,9 @@ def require_root(name: str, root: str | Path | None) -> Path:
         raise DatakdError(f"dataset {name!r} needs a data root: pass --data-root DIR (or data.root=DIR)")
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise DatakdError(f"data root {str(path)!r} for dataset {name!r} does not exist or is not a directory")
+        raise DatakdError(
+            f"data root {str(path)!r} for dataset {name!r} does not exist or is not a directory"
+        )
     return path
 
 

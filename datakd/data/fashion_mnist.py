@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import struct
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -14,7 +13,9 @@ import torch.nn.functional as F
 from datakd.data.base import DatasetBundle, ImageArrays, register_dataset, require_root
 from datakd.errors import DatakdError
 
-CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"
+)
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -43,7 +44,8 @@ def read_idx(data: bytes, name: str = "IDX file") -> np.ndarray:
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     payload = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if payload.size != int(np.prod(dims)):
-        raise DatakdError(f"{name}: expected {int(np.prod(dims))} values for shape {dims}, found {payload.size}")
+        expected = int(np.prod(dims))
+        raise DatakdError(f"{name}: expected {expected} values for shape {dims}, found {payload.size}")
     return payload.reshape(dims)
 
 
@@ -53,7 +55,9 @@ def read_split(root: Path, split: str) -> ImageArrays:
     labels = read_idx(_open(root / label_file), label_file)
     if images.ndim != 3 or labels.shape[0] != images.shape[0]:
         raise DatakdError(f"Fashion-MNIST {split}: {images.shape[0]} images but {labels.shape[0]} labels")
-    return ImageArrays(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
+    return ImageArrays(
+        torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+    )
 
 
 def to_cifar_geometry(split: ImageArrays, pad_to_32: bool, rgb: bool) -> ImageArrays:
@@ -93,4 +97,5 @@ def fashion_mnist(
     if download:
         raise DatakdError("fashion-mnist is read from local IDX files; download it and pass --data-root DIR")
     path = require_root("fashion-mnist", root)
-    return bundle_from_splits("fashion-mnist", read_split(path, "train"), read_split(path, "test"), pad_to_32, rgb)
+    train, test = read_split(path, "train"), read_split(path, "test")
+    return bundle_from_splits("fashion-mnist", train, test, pad_to_32, rgb)

@@ -15,7 +15,8 @@ EMBEDDED = "fashion_mnist_quickstart.npz"
 
 
 def _load() -> tuple[ImageArrays, ImageArrays]:
-    with resources.files("datakd.data.embedded").joinpath(EMBEDDED).open("rb") as handle, np.load(handle) as npz:
+    source = resources.files("datakd.data.embedded").joinpath(EMBEDDED)
+    with source.open("rb") as handle, np.load(handle) as npz:
         splits = tuple(
             ImageArrays(
                 torch.from_numpy(npz[f"{s}_images"].copy()).unsqueeze(1),
@@ -31,6 +32,8 @@ def quickstart(root: str | None = None, download: bool = False, pad_to_32: bool 
                ) -> DatasetBundle:
     """Embedded Fashion-MNIST subset (6,000 train / 2,000 test, MIT licence); 28×28 grayscale by default."""
     if root is not None or download:
-        raise DatakdError("dataset 'quickstart' is embedded in the package; use dataset=fashion-mnist for a data root")
+        raise DatakdError(
+            "dataset 'quickstart' is embedded in the package; use dataset=fashion-mnist for a data root"
+        )
     train, test = _load()
     return bundle_from_splits("quickstart", train, test, pad_to_32, rgb)
