@@ -30,7 +30,7 @@ from datakd.models.registry import register_model
 
 TAPS = tap_table("relu", ["layer1", "layer2", "layer3"], "linear:input")
 
-# net_size -> (stage widths, final 1x1 width, basic units per stage), as in the reference
+# net_size -> (stage widths, final 1x1 width, basic units per stage): the reference's 0.5/1/1.5/2 sizes
 CONFIGS: dict[float, tuple[tuple[int, int, int], int, tuple[int, int, int]]] = {
     0.5: ((48, 96, 192), 1024, (3, 7, 3)),
     1.0: ((116, 232, 464), 1024, (3, 7, 3)),
@@ -39,7 +39,9 @@ CONFIGS: dict[float, tuple[tuple[int, int, int], int, tuple[int, int, int]]] = {
 }
 
 
-def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, depthwise: bool = False):
+def _conv_bn(
+    in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, depthwise: bool = False
+) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
     conv = nn.Conv2d(
         in_channels,
         out_channels,
