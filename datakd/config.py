@@ -32,9 +32,10 @@ class DataConfig:
     # "auto" keeps small datasets as a uint8 tensor on the device; "workers" uses a torch DataLoader.
     loader: str = "auto"
     workers: int = 4
-    # Base augmentation applied by the loader: crop_flip (pad + random crop + h-flip), flip, none,
+    # Base augmentation applied by the loader: default (the dataset's own), crop_flip (pad + random crop
+    # + h-flip), flip, none,
     # or imagenet (RandomResizedCrop + flip; worker loader only).
-    augment: str = "crop_flip"
+    augment: str = "default"
     crop_padding: int = 4
     image_size: int = 224
     # Hold out this many training images (seeded) as a validation split for tuning; 0 = evaluate on test.
@@ -77,7 +78,7 @@ class ScheduleConfig:
     milestones: list[float] = field(default_factory=lambda: [150, 180, 210])
     gamma: float = 0.1
     step_size: float = 30
-    eta_min: float = 0.0
+    eta_min: float = 0.0  # absolute lr at the end of cosine/linear decay
     warmup_epochs: float = 0.0
     warmup_start_factor: float = 0.0
     # Seed 001's epoch-scaling rule: epochs × scale and every decay epoch × scale.

@@ -10,7 +10,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 FMNIST_CANDIDATES = [
-    os.environ.get("DATAKD_FMNIST", ""), str(REPO.parent / "shared" / "data" / "fashion-mnist")
+    os.environ.get("DATAKD_FMNIST", ""),
+    str(REPO.parent / "shared" / "data" / "fashion-mnist"),
 ]
 
 
@@ -27,3 +28,30 @@ def fmnist_root() -> Path:
 def _single_thread_determinism():
     torch.manual_seed(0)
     yield
+
+
+def write_idx(path: Path, array) -> None:
+    """Write a uint8 array in the IDX format (gzip-compressed), the layout Fashion-MNIST ships in."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    data = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack(">HBB", 0, 0x08, data.ndim) + struct.pack(f">{data.ndim}I", *data.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + data.tobytes())
+
+
+@pytest.fixture(scope="session")
+def idx_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Fashion-MNIST-format folder holding the embedded real subset (always there, unlike the full set)."""
+    from datakd.data.quickstart import _load
+
+    train, test = _load()
+    root = tmp_path_factory.mktemp("fmnist-idx")
+    write_idx(root / "train-images-idx3-ubyte.gz", train.images[:, 0].numpy())
+    write_idx(root / "train-labels-idx1-ubyte.gz", train.labels.numpy())
+    write_idx(root / "t10k-images-idx3-ubyte.gz", test.images[:, 0].numpy())
+    write_idx(root / "t10k-labels-idx1-ubyte.gz", test.labels.numpy())
+    return root

@@ -41,23 +41,32 @@ def make_cifar10(root: Path, per_batch: int = 4, n_test: int = 6, seed: int = 0)
     test_labels = rng.integers(0, 10, n_test)
     for b in range(5):
         part = slice(b * per_batch, (b + 1) * per_batch)
-        dump(folder / f"data_batch_{b + 1}", {
-            b"batch_label": f"training batch {b + 1} of 5".encode(),
-            b"labels": [int(x) for x in train_labels[part]],
-            b"data": cifar_rows(train_images[part]),
-            b"filenames": [f"img_{i}.png".encode() for i in range(per_batch)],
-        })
-    dump(folder / "test_batch", {
-        b"batch_label": b"testing batch 1 of 1",
-        b"labels": [int(x) for x in test_labels],
-        b"data": cifar_rows(test_images),
-        b"filenames": [f"t_{i}.png".encode() for i in range(n_test)],
-    })
-    dump(folder / "batches.meta", {
-        b"num_cases_per_batch": per_batch,
-        b"label_names": [f"class{i}".encode() for i in range(10)],
-        b"num_vis": 3072,
-    })
+        dump(
+            folder / f"data_batch_{b + 1}",
+            {
+                b"batch_label": f"training batch {b + 1} of 5".encode(),
+                b"labels": [int(x) for x in train_labels[part]],
+                b"data": cifar_rows(train_images[part]),
+                b"filenames": [f"img_{i}.png".encode() for i in range(per_batch)],
+            },
+        )
+    dump(
+        folder / "test_batch",
+        {
+            b"batch_label": b"testing batch 1 of 1",
+            b"labels": [int(x) for x in test_labels],
+            b"data": cifar_rows(test_images),
+            b"filenames": [f"t_{i}.png".encode() for i in range(n_test)],
+        },
+    )
+    dump(
+        folder / "batches.meta",
+        {
+            b"num_cases_per_batch": per_batch,
+            b"label_names": [f"class{i}".encode() for i in range(10)],
+            b"num_vis": 3072,
+        },
+    )
     return train_images, train_labels, test_images, test_labels
 
 
@@ -69,18 +78,24 @@ def make_cifar100(root: Path, n_train: int = 12, n_test: int = 5) -> tuple[np.nd
     for name, n in (("train", n_train), ("test", n_test)):
         images = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
         labels = rng.integers(0, 100, n)
-        dump(folder / name, {
-            b"filenames": [f"{name}_{i}.png".encode() for i in range(n)],
-            b"batch_label": name.encode(),
-            b"fine_labels": [int(x) for x in labels],
-            b"coarse_labels": [int(x) // 5 for x in labels],
-            b"data": cifar_rows(images),
-        })
+        dump(
+            folder / name,
+            {
+                b"filenames": [f"{name}_{i}.png".encode() for i in range(n)],
+                b"batch_label": name.encode(),
+                b"fine_labels": [int(x) for x in labels],
+                b"coarse_labels": [int(x) // 5 for x in labels],
+                b"data": cifar_rows(images),
+            },
+        )
         arrays += [images, labels]
-    dump(folder / "meta", {
-        b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
-        b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)],
-    })
+    dump(
+        folder / "meta",
+        {
+            b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
+            b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)],
+        },
+    )
     return tuple(arrays)
 
 
@@ -369,8 +384,10 @@ def test_small_validation_split_spreads_over_classes() -> None:
     _, val = make_validation_split(split, 5, seed=1)
     counts = torch.bincount(val.labels, minlength=8)
     assert len(val) == 5 and counts.max() == 1  # fewer items than classes: at most one per class
-    covered = {tuple(torch.bincount(make_validation_split(split, 5, seed=s)[1].labels, minlength=8).tolist())
-               for s in range(10)}
+    covered = {
+        tuple(torch.bincount(make_validation_split(split, 5, seed=s)[1].labels, minlength=8).tolist())
+        for s in range(10)
+    }
     assert len(covered) > 1  # ties are broken by the seed, not always toward the low class indices
 
 

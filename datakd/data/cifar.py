@@ -37,13 +37,30 @@ class CifarLayout:
 
 
 CIFAR10 = CifarLayout(
-    "cifar10", "CIFAR-10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
-    ("test_batch",), "batches.meta", "labels", "label_names", 10,
-    (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+    "cifar10",
+    "CIFAR-10",
+    "cifar-10-batches-py",
+    tuple(f"data_batch_{i}" for i in range(1, 6)),
+    ("test_batch",),
+    "batches.meta",
+    "labels",
+    "label_names",
+    10,
+    (0.4914, 0.4822, 0.4465),
+    (0.2470, 0.2435, 0.2616),
 )
 CIFAR100 = CifarLayout(
-    "cifar100", "CIFAR-100", "cifar-100-python", ("train",), ("test",), "meta", "fine_labels",
-    "fine_label_names", 100, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761),
+    "cifar100",
+    "CIFAR-100",
+    "cifar-100-python",
+    ("train",),
+    ("test",),
+    "meta",
+    "fine_labels",
+    "fine_label_names",
+    100,
+    (0.5071, 0.4867, 0.4408),
+    (0.2675, 0.2565, 0.2761),
 )
 ATTRIBUTION = (
     "Krizhevsky, Learning Multiple Layers of Features from Tiny Images, 2009 "

@@ -14,7 +14,16 @@ from datakd.data.base import DatasetBundle, ImageArrays, register_dataset, requi
 from datakd.errors import DatakdError
 
 CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

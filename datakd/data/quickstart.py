@@ -28,8 +28,9 @@ def _load() -> tuple[ImageArrays, ImageArrays]:
 
 
 @register_dataset("quickstart")
-def quickstart(root: str | None = None, download: bool = False, pad_to_32: bool = False, rgb: bool = False
-               ) -> DatasetBundle:
+def quickstart(
+    root: str | None = None, download: bool = False, pad_to_32: bool = False, rgb: bool = False
+) -> DatasetBundle:
     """Embedded Fashion-MNIST subset (6,000 train / 2,000 test, MIT licence); 28×28 grayscale by default."""
     if root is not None or download:
         raise DatakdError(

@@ -143,7 +143,6 @@ def _torchvision_entry(name: str, torchvision_name: str) -> ModelEntry:
     return ModelEntry(name, build, torchvision_taps(torchvision_name), "imagenet", description)
 
 
-@add_resolver
 def resolve_torchvision(name: str) -> ModelEntry | None:
     """``tv:NAME`` or a plain torchvision classification model name."""
     if name.startswith(TV_PREFIX):
@@ -191,7 +190,6 @@ def _import_timm(name: str) -> Any:
     return timm
 
 
-@add_resolver
 def resolve_timm(name: str) -> ModelEntry | None:
     """``timm:NAME`` (needs timm)."""
     if not name.startswith(TIMM_PREFIX):
@@ -216,3 +214,16 @@ def resolve_timm(name: str) -> ModelEntry | None:
         return model
 
     return ModelEntry(name, build, taps, "imagenet", f"timm {timm_name} (pretrained=True loads timm weights)")
+
+
+add_resolver(
+    resolve_torchvision,
+    [
+        (
+            "tv:NAME",
+            "any torchvision classification model, e.g. tv:resnet18 (no weights unless pretrained=true)",
+        ),
+        ("NAME", "a plain torchvision name the CIFAR zoo does not use, e.g. resnet101"),
+    ],
+)
+add_resolver(resolve_timm, [("timm:NAME", "any timm model, e.g. timm:resnet34d (pip install datakd[timm])")])

@@ -48,11 +48,22 @@ def register_model(
 # Resolvers for names the registry cannot list up front (e.g. "tv:resnet18", "timm:resnet34d",
 # "resnet18@w4a4"); each returns an entry or None when the name is not its own.
 _RESOLVERS: list[Callable[[str], ModelEntry | None]] = []
+# What `datakd list models` prints for each resolver's name pattern, e.g. ("tv:NAME", "...").
+_PATTERNS: list[tuple[str, str]] = []
 
 
-def add_resolver(resolver: Callable[[str], ModelEntry | None]) -> Callable[[str], ModelEntry | None]:
+def add_resolver(
+    resolver: Callable[[str], ModelEntry | None], patterns: list[tuple[str, str]] | None = None
+) -> Callable[[str], ModelEntry | None]:
     _RESOLVERS.append(resolver)
+    _PATTERNS.extend(patterns or [])
     return resolver
+
+
+def list_model_names() -> list[tuple[str, str]]:
+    """(name, description) of every registered model, then the name patterns resolvers accept."""
+    rows = [(name, entry.description) for name, entry in MODELS.items()]
+    return rows + list(_PATTERNS)
 
 
 def get_entry(name: str) -> ModelEntry:

@@ -1,0 +1,216 @@
+"""The DataLoader path: per-sample decoding and cropping on worker processes, for data too large to keep
+on the device (ImageNet layout, Tiny-ImageNet files). Images travel as uint8 and are normalised on the
+device in the main process (cheaper transfers, GPU-side normalisation).
+
+Every random choice of a sample comes from a generator seeded by (seed, epoch, index), so batches do not
+depend on the number of workers and a resumed run sees the same crops.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms.v2 import functional as TF
+
+from datakd.data.base import ImageArrays, ImageFiles
+from datakd.data.loaders import Batch, Normalizer, RawTransform, generator_for, random_crop_flip
+from datakd.errors import DatakdError
+
+
+def decode(path: Path) -> torch.Tensor:
+    """An image file as uint8 3×H×W (grayscale and alpha converted to RGB)."""
+    try:
+        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    except RuntimeError as exc:
+        raise DatakdError(f"cannot decode image {str(path)!r}: {exc}") from None
+
+
+def random_resized_crop_params(
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of an Inception-style crop: area fraction in `scale`, log-uniform aspect `ratio`;
+    ten tries, then the largest centred crop of admissible aspect (torchvision's documented behaviour)."""
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        u = torch.rand(3, generator=generator).tolist()
+        target = area * (scale[0] + (scale[1] - scale[0]) * u[0])
+        aspect = math.exp(log_lo + (log_hi - log_lo) * u[1])
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        h, w = height, round(height * ratio[1])
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+class SampleDataset(Dataset):
+    """Keys are (epoch, index); returns (uint8 C×H×W of a fixed size, label, index)."""
+
+    def __init__(
+        self,
+        split: ImageArrays | ImageFiles,
+        augment: str,
+        image_size: int,
+        padding: int,
+        seed: int,
+        train: bool,
+    ) -> None:
+        self.split = split
+        self.augment = augment
+        self.image_size = image_size
+        self.padding = padding
+        self.seed = seed
+        self.train = train
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def _load(self, index: int) -> torch.Tensor:
+        if isinstance(self.split, ImageArrays):
+            return self.split.images[index]
+        return decode(self.split.paths[index])
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        epoch, index = key
+        image = self._load(index)
+        if not self.train:
+            image = self._eval_view(image)
+        elif self.augment == "imagenet":
+            generator = generator_for(self.seed, epoch, index, 0x1A6E)
+            top, left, h, w = random_resized_crop_params(image.shape[1], image.shape[2], generator)
+            image = TF.resized_crop(image, top, left, h, w, [self.image_size] * 2, antialias=True)
+            if bool(torch.rand(1, generator=generator) < 0.5):
+                image = image.flip(-1)
+        elif self.augment in ("crop_flip", "flip"):
+            generator = generator_for(self.seed, epoch, index, 0x1A6E)
+            image = random_crop_flip(
+                image.unsqueeze(0), self.padding, self.augment == "crop_flip", True, generator
+            )[0]
+        return image, int(self.split.labels[index]), index
+
+    def _eval_view(self, image: torch.Tensor) -> torch.Tensor:
+        if self.augment != "imagenet":
+            return image
+        resize = round(self.image_size / 0.875)  # 224 → 256, the standard ImageNet evaluation
+        image = TF.resize(image, [resize], antialias=True)
+        return TF.center_crop(image, [self.image_size] * 2)
+
+
+def _collate(items: list[tuple[torch.Tensor, int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    images, labels, indices = zip(*items)
+    return torch.stack(images), torch.tensor(labels), torch.tensor(indices)
+
+
+class WorkerLoader:
+    """Training batches decoded and augmented per sample on DataLoader workers."""
+
+    def __init__(
+        self,
+        split: ImageArrays | ImageFiles,
+        batch_size: int,
+        normalizer: Normalizer,
+        device: torch.device,
+        seed: int,
+        augment: str = "imagenet",
+        padding: int = 4,
+        image_size: int = 224,
+        workers: int = 4,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        raw_transform: RawTransform | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size % world_size:
+            raise DatakdError(f"batch size {batch_size} is not divisible by the {world_size} processes")
+        self.dataset = SampleDataset(split, augment, image_size, padding, seed, train=True)
+        self.batch_size = batch_size
+        self.normalizer = normalizer
+        self.device = device
+        self.seed = seed
+        self.workers = workers
+        self.shuffle = shuffle
+        self.drop_last = drop_last or world_size > 1
+        self.raw_transform = raw_transform
+        self.rank = rank
+        self.world_size = world_size
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        n = len(self.dataset)
+        order = (
+            torch.randperm(n, generator=generator_for(self.seed, epoch, 0x5EED))
+            if self.shuffle
+            else torch.arange(n)
+        ).tolist()
+        per_rank = self.batch_size // self.world_size
+        batches = []
+        for step in range(start_step, len(self)):
+            chunk = order[step * self.batch_size : (step + 1) * self.batch_size]
+            if self.world_size > 1:
+                chunk = chunk[self.rank * per_rank : (self.rank + 1) * per_rank]
+            batches.append([(epoch, i) for i in chunk])
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=batches,
+            num_workers=self.workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        for step, (images, labels, indices) in enumerate(loader, start=start_step):
+            images = images.to(self.device, non_blocking=True)
+            if self.raw_transform is not None:
+                images = self.raw_transform(images, generator_for(self.seed, epoch, step))
+            yield Batch(
+                self.normalizer(images),
+                labels.to(self.device, non_blocking=True),
+                indices.to(self.device, non_blocking=True),
+            )
+
+
+def eval_batches(
+    split: ImageFiles,
+    batch_size: int,
+    normalizer: Normalizer,
+    device: torch.device,
+    workers: int,
+    image_size: int,
+    augment: str,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[Batch]:
+    """Un-augmented batches; ImageNet-style data is resized and centre-cropped to `image_size`."""
+    dataset = SampleDataset(split, augment, image_size, 0, 0, train=False)
+    keys = [(0, i) for i in range(rank, len(split), world_size)]
+    batches = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
+    loader = DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+    )
+    for images, labels, indices in loader:
+        yield Batch(normalizer(images.to(device, non_blocking=True)), labels.to(device), indices.to(device))

@@ -1,0 +1,243 @@
+"""Loaders that feed the trainer normalised (images, labels, indices) batches.
+
+`DeviceLoader` keeps a whole uint8 split on the target device and does shuffling, random crop with
+padding, horizontal flip and normalisation as batched tensor ops there (no per-sample Python), the way
+airbench makes small-image training fast. `WorkerLoader` is the standard DataLoader path for datasets that
+do not fit (ImageNet layout), decoding and cropping per sample on workers.
+
+Both draw every random decision from generators seeded by (seed, epoch, step) or (seed, epoch, index),
+never from the global RNG, so a run resumed in the middle of an epoch sees exactly the batches it would have
+seen, and a global batch is split across DDP ranks the same way whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from datakd.data.base import ImageArrays, ImageFiles
+from datakd.errors import DatakdError
+
+# uint8 batch -> uint8 batch, applied before crop/flip (e.g. PBA's policy ops); gets a seeded generator.
+RawTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+AUGMENTS = ("crop_flip", "flip", "none", "imagenet")
+
+
+@dataclass
+class Batch:
+    """What every loader yields: normalised float images, int64 labels, and dataset indices."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (splitmix-style mixing), stable across processes and platforms."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value ^= int(part) + 0x9E3779B97F4A7C15 + ((value << 6) & 0xFFFFFFFFFFFFFFFF) + (value >> 2)
+        value &= 0xFFFFFFFFFFFFFFFF
+        value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        value ^= value >> 31
+    return value & 0x7FFFFFFFFFFFFFFF
+
+
+def generator_for(*parts: int) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(*parts))
+
+
+class Normalizer:
+    """uint8 → float, (x/255 − mean)/std as one fused multiply-add on the batch's device."""
+
+    def __init__(
+        self,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
+    ) -> None:
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.scale = (1.0 / (255.0 * std_t)).to(dtype)
+        self.shift = (-mean_t / std_t).to(dtype)
+        self.dtype = dtype
+        self.channels_last = channels_last
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        out = torch.addcmul(self.shift, images.to(self.dtype), self.scale)
+        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
+
+    def inverse(self, images: torch.Tensor) -> torch.Tensor:
+        """Float normalised images back to uint8 (for ops defined on pixels)."""
+        pixels = (images.float() - self.shift.float()) / self.scale.float()
+        return pixels.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def random_crop_flip(
+    images: torch.Tensor, padding: int, crop: bool, flip: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """Zero-pad by `padding`, take a random H×W window per image, flip half of them, all in one gather.
+
+    Offsets and flips are drawn on the CPU from `generator` (so the result does not depend on the device),
+    then applied with a single advanced-indexing gather on the batch's device.
+    """
+    n, _, h, w = images.shape
+    device = images.device
+    if crop and padding > 0:
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    else:
+        dy = dx = torch.zeros(n, dtype=torch.long)
+    flips = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    if not crop and not flips.any():
+        return images
+    source = F.pad(images, (padding,) * 4) if crop and padding > 0 else images
+    rows = dy.to(device).view(n, 1, 1, 1) + torch.arange(h, device=device).view(1, 1, h, 1)
+    cols = torch.arange(w, device=device).view(1, 1, 1, w).expand(n, 1, 1, w)
+    cols = torch.where(flips.to(device).view(n, 1, 1, 1), (w - 1) - cols, cols) + dx.to(device).view(
+        n, 1, 1, 1
+    )
+    batch_idx = torch.arange(n, device=device).view(n, 1, 1, 1)
+    chan_idx = torch.arange(images.shape[1], device=device).view(1, -1, 1, 1)
+    return source[batch_idx, chan_idx, rows, cols]
+
+
+class DeviceLoader:
+    """Training batches from a uint8 split resident on `device`; see the module docstring."""
+
+    def __init__(
+        self,
+        split: ImageArrays,
+        batch_size: int,
+        normalizer: Normalizer,
+        device: torch.device,
+        seed: int,
+        augment: str = "crop_flip",
+        padding: int = 4,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        raw_transform: RawTransform | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if augment not in ("crop_flip", "flip", "none"):
+            raise DatakdError(
+                f"the device loader supports augment crop_flip, flip or none, not {augment!r}; "
+                "use data.loader=workers for imagenet-style augmentation"
+            )
+        if batch_size % world_size:
+            raise DatakdError(f"batch size {batch_size} is not divisible by the {world_size} processes")
+        self.images = split.images.to(device)
+        self.labels = split.labels.to(device)
+        self.batch_size = batch_size
+        self.normalizer = normalizer
+        self.device = device
+        self.seed = seed
+        self.augment = augment
+        self.padding = padding
+        self.shuffle = shuffle
+        self.drop_last = drop_last or world_size > 1
+        self.raw_transform = raw_transform
+        self.rank = rank
+        self.world_size = world_size
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        if self.drop_last:
+            return n // self.batch_size
+        steps = math.ceil(n / self.batch_size)
+        return steps - 1 if n % self.batch_size == 1 and steps > 1 else steps  # never a batch of one
+
+    def order(self, epoch: int) -> torch.Tensor:
+        n = len(self.labels)
+        if not self.shuffle:
+            return torch.arange(n)
+        return torch.randperm(n, generator=generator_for(self.seed, epoch, 0x5EED))
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        """Yield the batches of `epoch`, starting at `start_step` (for resuming mid-epoch)."""
+        order = self.order(epoch)
+        per_rank = self.batch_size // self.world_size
+        for step in range(start_step, len(self)):
+            global_idx = order[step * self.batch_size : (step + 1) * self.batch_size]
+            generator = generator_for(self.seed, epoch, step)
+            idx = global_idx.to(self.device)
+            images = self.images[idx]
+            if self.raw_transform is not None:
+                images = self.raw_transform(images, generator)
+            images = random_crop_flip(
+                images,
+                self.padding,
+                self.augment == "crop_flip",
+                self.augment in ("crop_flip", "flip"),
+                generator,
+            )
+            if self.world_size > 1:
+                sl = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+                images, idx = images[sl], idx[sl]
+            yield Batch(self.normalizer(images), self.labels[idx], idx)
+
+
+class EvalLoader:
+    """Sequential, un-augmented batches of a split (in-memory or files), normalised on the device."""
+
+    def __init__(
+        self,
+        split: ImageArrays | ImageFiles,
+        batch_size: int,
+        normalizer: Normalizer,
+        device: torch.device,
+        workers: int = 0,
+        image_size: int = 224,
+        augment: str = "none",
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.split = split
+        self.batch_size = batch_size
+        self.normalizer = normalizer
+        self.device = device
+        self.workers = workers
+        self.image_size = image_size
+        self.augment = augment
+        self.rank = rank
+        self.world_size = world_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.split) / self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        if isinstance(self.split, ImageArrays):
+            n = len(self.split)
+            shard = torch.arange(self.rank, n, self.world_size)
+            for start in range(0, len(shard), self.batch_size):
+                idx = shard[start : start + self.batch_size]
+                images = self.split.images[idx].to(self.device, non_blocking=True)
+                yield Batch(
+                    self.normalizer(images), self.split.labels[idx].to(self.device), idx.to(self.device)
+                )
+            return
+        from datakd.data.file_loader import eval_batches
+
+        yield from eval_batches(
+            self.split,
+            self.batch_size,
+            self.normalizer,
+            self.device,
+            self.workers,
+            self.image_size,
+            self.augment,
+            self.rank,
+            self.world_size,
+        )
