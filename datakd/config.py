@@ -100,6 +100,9 @@ class EngineConfig:
     tensorboard: bool = True
     # Abort on NaN/Inf losses (the last good checkpoint is kept).
     nan_guard: bool = True
+    # Under DDP, batch-norm statistics over the global batch (torch SyncBatchNorm on GPU, an equivalent
+    # all-reduce on CPU/gloo), so N processes train like one process with the same global batch.
+    sync_bn: bool = True
 
 
 @dataclass

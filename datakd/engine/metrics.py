@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,17 @@ class EpochMeters:
         self.sums[name] = self.sums.get(name, 0.0) + value
         self.counts[name] = self.counts.get(name, 0.0) + count
 
-    def means(self) -> dict[str, float]:
-        return {k: float(v) / self.counts[k] for k, v in self.sums.items() if self.counts[k] > 0}
+    def means(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+        """Per-name means; `reduce` sums (sum, count) pairs across DDP ranks (same names on every rank)."""
+        keys = sorted(self.sums)
+        if reduce is not None and keys:
+            device = next((v.device for v in self.sums.values() if isinstance(v, torch.Tensor)), None)
+            packed = torch.tensor(
+                [[float(self.sums[k]), self.counts[k]] for k in keys], dtype=torch.float64, device=device
+            )
+            packed = reduce(packed).tolist()
+            return {k: s / c for k, (s, c) in zip(keys, packed) if c > 0}
+        return {k: float(self.sums[k]) / self.counts[k] for k in keys if self.counts[k] > 0}
 
     def state_dict(self) -> dict[str, Any]:
         return {

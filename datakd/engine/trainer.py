@@ -27,6 +27,7 @@ from datakd.data.base import DatasetBundle
 from datakd.data.loaders import Batch, EvalLoader, Normalizer
 from datakd.engine import distributed as D
 from datakd.engine.context import StepContext, TermInputs, View, record
+from datakd.engine.ddp import average_gradient_list, average_gradients, synchronise_batchnorm
 from datakd.engine.evaluate import evaluate
 from datakd.engine.metrics import EpochMeters, MetricsCSV, TensorBoardLog, write_json
 from datakd.engine.optim import LRSchedule, build_optimizer, merge_section
@@ -114,16 +115,22 @@ class Trainer:
         return None  # bf16 autocast needs no loss scaling; kept as a hook for fp16
 
     def _wrap_student(self) -> None:
+        """DDP for the student (the teacher is replicated unwrapped, in eval mode); with sync_bn its batch
+        norms see the global batch, so N processes train like one process with the same global batch."""
         model = self.student_module
         if self.world_size > 1:
+            if self.cfg.engine.sync_bn:
+                synchronise_batchnorm(model, self.device)
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-            # Connector parameters of loss terms are averaged across ranks with a second DDP wrapper.
-            if any(p.requires_grad for p in self.terms.parameters()):
-                self._terms_ddp = nn.parallel.DistributedDataParallel(self.terms, device_ids=ids)
         if self.cfg.engine.compile:
             model = torch.compile(model)
         self.student = model
+
+    def extra_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters outside the student (connectors, augmenter); averaged across ranks by hand."""
+        params = [p for p in self.terms.parameters() if p.requires_grad]
+        return params + [p for p in self.augmenter.joint_parameters() if p.requires_grad]
 
     def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
         params = [(f"student.{n}", p) for n, p in self.student_module.named_parameters() if p.requires_grad]
@@ -251,8 +258,12 @@ class Trainer:
         total = sum(weighted.values())
         custom = [self.term(n) for n in weighted if self.term(n).custom_gradient]
         if not custom:
-            total.backward()
+            total.backward()  # DDP averages the student's gradients during this backward
+            if self.world_size > 1:
+                average_gradients(self.extra_parameters())
             return total
+        # Terms that combine gradients themselves need each part separately; parts are averaged across
+        # ranks before combining (the student's forward ran under no_sync, see train_step).
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         rest_names = [n for n in weighted if not self.term(n).custom_gradient]
         rest_loss = sum(weighted[n] for n in rest_names) if rest_names else None
@@ -261,12 +272,13 @@ class Trainer:
             if rest_loss is not None and rest_loss.requires_grad
             else [None] * len(params)
         )
-        combined = list(rest)
+        combined = average_gradient_list(params, list(rest))
         for i, term in enumerate(custom):
             last = i == len(custom) - 1
             own = torch.autograd.grad(
                 weighted[term.term_name], params, retain_graph=not last, allow_unused=True
             )
+            own = average_gradient_list(params, list(own))
             combined = [
                 term.combine_gradient(p, g_own, g_rest, self.epoch)
                 for p, g_own, g_rest in zip(params, own, combined)
@@ -304,16 +316,19 @@ class Trainer:
             self.autocast,
         )
         views = self.augmenter(batch, ctx)
-        losses: dict[str, torch.Tensor] = {}
-        for view in views:
-            for name, value in self._view_losses(view).items():
-                losses[name] = losses[name] + value if name in losses else value
-        if not losses:
-            raise DatakdError(
-                "no loss term applies to any view of this step (check loss.*.views and weights)"
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        total = self._backward(losses)
+        custom = any(t.custom_gradient and t.weight != 0.0 for t in self.terms)
+        sync_off = self.world_size > 1 and custom and hasattr(self.student, "no_sync")
+        with self.student.no_sync() if sync_off else contextlib.nullcontext():
+            losses: dict[str, torch.Tensor] = {}
+            for view in views:
+                for name, value in self._view_losses(view).items():
+                    losses[name] = losses[name] + value if name in losses else value
+            if not losses:
+                raise DatakdError(
+                    "no loss term applies to any view of this step (check loss.*.views and weights)"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            total = self._backward(losses)
         if self.cfg.engine.nan_guard:
             self._check_finite(total, losses)
         if self.cfg.engine.grad_clip_norm:
@@ -427,7 +442,7 @@ class Trainer:
         self._say(self._describe(row))
 
     def _epoch_row(self, epoch: int) -> dict[str, Any]:
-        means = self.meters.means()
+        means = self.meters.means(D.all_reduce_sum if self.world_size > 1 else None)
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": means.pop("lr", float("nan"))}
         row.update({k: v for k, v in sorted(means.items()) if k.startswith("loss_")})
         evaluate_now = (epoch + 1) % max(self.cfg.engine.eval_every, 1) == 0 or epoch + 1 == self.total_epochs
