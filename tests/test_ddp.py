@@ -26,9 +26,13 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
     teacher = train_tiny_teacher(root / "teacher")
-    cfg = tiny_config(root / "unused", epochs=2, teacher={"checkpoint": str(teacher)},
-                      loss={"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "temperature": 4.0}},
-                      engine={"checkpoint_every_iters": 2, "tensorboard": False})
+    cfg = tiny_config(
+        root / "unused",
+        epochs=2,
+        teacher={"checkpoint": str(teacher)},
+        loss={"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "temperature": 4.0}},
+        engine={"checkpoint_every_iters": 2, "tensorboard": False},
+    )
     values = cfg.to_dict()
     values.pop("out")
     path = root / "recipe.yaml"
@@ -37,9 +41,31 @@ def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def command(recipe: Path, out: Path, nproc: int, *extra: str) -> list[str]:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-                "--master-port", str(29500 + os.getpid() % 1000 + nproc)] if nproc > 1 else [sys.executable]
-    return [*launcher, "-m", "datakd", "distill", "--config", str(recipe), "--out", str(out), "--quiet", *extra]
+    launcher = (
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(nproc),
+            "--master-port",
+            str(29500 + os.getpid() % 1000 + nproc),
+        ]
+        if nproc > 1
+        else [sys.executable]
+    )
+    return [
+        *launcher,
+        "-m",
+        "datakd",
+        "distill",
+        "--config",
+        str(recipe),
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
 
 
 def run(cmd: list[str]) -> None:
@@ -63,8 +89,14 @@ def test_two_processes_match_one_process(recipe: Path, tmp_path: Path) -> None:
 
 def test_ddp_kill_mid_epoch_then_resume(recipe: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
-    process = subprocess.Popen(command(recipe, out, 2), env=ENV, cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        command(recipe, out, 2),
+        env=ENV,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 180
     while time.time() < deadline and process.poll() is None:
         if (out / "last.pt").exists() and load_checkpoint(out / "last.pt")["step"] > 0:
