@@ -9,6 +9,7 @@ depend on the number of workers and a resumed run sees the same crops.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,9 +24,15 @@ from datakd.errors import DatakdError
 
 
 def decode(path: Path) -> torch.Tensor:
-    """An image file as uint8 3×H×W (grayscale and alpha converted to RGB)."""
+    """An image file as uint8 3×H×W (grayscale and alpha converted to RGB).
+
+    torchvision 0.29 (pinned) deprecates its decoders in favour of torchcodec; they still work, and one
+    warning per image would drown the log, so it is silenced here.
+    """
     try:
-        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision")
+            return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
     except RuntimeError as exc:
         raise DatakdError(f"cannot decode image {str(path)!r}: {exc}") from None
 
