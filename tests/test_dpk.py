@@ -158,7 +158,7 @@ def test_gradcheck_float64(monkeypatch) -> None:
     def loss_of(w: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             weight.copy_(w)
-        return term(term_inputs({"stage1": fs.detach()}, {"stage1": ft}))
+        return term(term_inputs({"stage1": fs.detach()}, {"stage1": ft})).detach()
 
     analytic = torch.autograd.grad(term(term_inputs({"stage1": fs.detach()}, {"stage1": ft})), weight)[0]
     base, eps = weight.detach().clone(), 1e-6
