@@ -422,7 +422,9 @@ def test_decoder_depth_default_and_stage_weights() -> None:
     only2.stages["stage2"].load_state_dict(weighted.stages["stage2"].state_dict())
     a, _ = forward(weighted, student, teacher, images)
     b, _ = forward(only2, student, teacher, images)
-    assert float(a) == pytest.approx(float(b), rel=1e-6)  # π = 0: no randomness in the stage-2 loss
+    assert float(a.detach()) == pytest.approx(
+        float(b.detach()), rel=1e-6
+    )  # π = 0: no randomness in the stage-2 loss
 
 
 @pytest.mark.parametrize(
@@ -435,6 +437,8 @@ def test_decoder_depth_default_and_stage_weights() -> None:
         ({"loss_on": "masked"}, "unknown dpk.loss_on"),
         ({"width": 30, "heads": 8}, "not divisible"),
         ({"cka_window": "run"}, "unknown dpk.cka_window"),
+        ({"encoder_depth": "six"}, "encoder_depth must be an integer"),
+        ({"decoder_depth": -1}, "decoder_depth must be an integer"),
     ],
 )
 def test_bad_options_are_one_line_errors(options: dict, message: str) -> None:

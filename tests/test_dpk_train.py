@@ -7,17 +7,24 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
+from datakd.checkpoint import load_checkpoint
 from datakd.cli import main
 from datakd.engine.build import build_trainer
 from datakd.engine.metrics import read_metrics
+from datakd.engine.trainer import Trainer
 from tests.helpers import tiny_config, train_tiny_teacher
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny_teacher(tmp_path_factory.mktemp("dpk-teacher") / "run")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, teacher: Path) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("dpk")
-    teacher = train_tiny_teacher(root / "teacher")
     cfg = tiny_config(
         root / "dpk",
         epochs=3,
@@ -70,3 +77,51 @@ def test_cka_command_matrix_and_teacher_ranking(runs: dict, tmp_path: Path, caps
     assert itself["paired_mean"] == pytest.approx(1.0, abs=1e-6)  # CKA of a model with itself
     assert len(real["per_batch"]["stage3|stage3"]) == 4 and report["skipped_batches"] == 1
     assert main([*args[:-2], "--batch-size", "2"]) == 2  # a one-line error, not a traceback
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_resume_mid_epoch_is_bit_identical(teacher: Path, tmp_path: Path, monkeypatch) -> None:
+    """The per-stage modules, the epoch-window HSIC sums and the last π are part of the run state."""
+
+    def config(out: Path):
+        dpk = {"weight": 0.2, "width": 16, "heads": 2, "encoder_depth": 1, "decoder_depth": 1}
+        return tiny_config(
+            out,
+            data={"train_subset": 256},
+            teacher={"checkpoint": str(teacher)},
+            engine={"checkpoint_every_iters": 3, "tensorboard": False},
+            loss={"ce": {"weight": 1.0}, "dpk": {**dpk, "cka_window": "epoch"}},
+        )
+
+    build_trainer(config(tmp_path / "reference"), "distill").fit()
+    original, calls = Trainer.train_step, {"n": 0}
+
+    def failing_step(self, batch):
+        calls["n"] += 1
+        if (
+            calls["n"] == 8
+        ):  # last step of epoch 2 (4 steps per epoch); the checkpoint after step 6 is the last
+            raise Crash
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", failing_step)
+    with pytest.raises(Crash):
+        build_trainer(config(tmp_path / "crashed"), "distill").fit()
+    monkeypatch.setattr(Trainer, "train_step", original)
+    assert (load_checkpoint(tmp_path / "crashed/last.pt")["step"]) == 2  # resumes mid-epoch
+    build_trainer(config(tmp_path / "crashed"), "distill", resume=True).fit()
+    reference, resumed = (
+        load_checkpoint(tmp_path / "reference/last.pt"),
+        load_checkpoint(tmp_path / "crashed/last.pt"),
+    )
+    for part in ("model", "terms"):
+        assert reference[part].keys() == resumed[part].keys()
+        for key in reference[part]:
+            assert torch.equal(reference[part][key], resumed[part][key]), (part, key)
+    keys = set(reference["terms"])
+    assert "1.stages.stage3.decoder_pos" in keys and "1.hsic_sums" in keys and "1.last_ratio" in keys
+    rows = [read_metrics(tmp_path / name / "metrics.csv") for name in ("reference", "crashed")]
+    assert [r["dpk_cka_stage2"] for r in rows[0]] == [r["dpk_cka_stage2"] for r in rows[1]]

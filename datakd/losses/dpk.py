@@ -98,8 +98,9 @@ class DynamicPriorKnowledge(LossTerm):
         for name, value in (("width", width), ("heads", heads), ("max_tokens", max_tokens)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"dpk.{name} must be a positive integer, got {value!r}")
-        if encoder_depth < 0 or (decoder_depth is not None and decoder_depth < 0):
-            raise ConfigError("dpk.encoder_depth and dpk.decoder_depth must be ≥ 0")
+        for name, value in (("encoder_depth", encoder_depth), ("decoder_depth", decoder_depth)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ConfigError(f"dpk.{name} must be an integer ≥ 0, got {value!r}")
         if width % heads:
             raise ConfigError(f"dpk.width {width} is not divisible by dpk.heads {heads}")
         if not 0.0 <= ratio_start <= 1.0 or ratio_decay < 0:
