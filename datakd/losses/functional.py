@@ -1,7 +1,7 @@
 """Pure loss functions (no modules, no state), each written once and reused by every method.
 
 Conventions: logits are B×K; "batchmean" = sum over classes, mean over the batch; computations run in
-float32 even under autocast.
+float32 even under autocast (float64 inputs stay float64, so tests can gradcheck the library functions).
 """
 
 from __future__ import annotations
@@ -10,6 +10,11 @@ import torch
 import torch.nn.functional as F
 
 REDUCTIONS = ("batchmean", "sum", "none")
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """float32 for half/bfloat16/float32 inputs (autocast-safe), float64 kept as it is."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -36,8 +41,8 @@ def kl_to_targets(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    log_p = F.log_softmax(student_logits.float() / temperature, dim=1)
-    q = target_probs.float()
+    log_p = F.log_softmax(_upcast(student_logits) / temperature, dim=1)
+    q = _upcast(target_probs)
     per_sample = (torch.xlogy(q, q) - q * log_p).sum(dim=1)
     if scale_tau2:
         per_sample = per_sample * temperature**2
@@ -69,7 +74,7 @@ def kd(
     reduction: str = "batchmean",
 ) -> torch.Tensor:
     """Hinton KD: τ²·KL(σ_τ(t) ‖ σ_τ(s)), batch-mean by default (per-sample with reduction="none")."""
-    q = F.softmax(teacher_logits.float() / temperature, dim=1)
+    q = F.softmax(_upcast(teacher_logits) / temperature, dim=1)
     return kl_to_targets(student_logits, q, temperature, reduction)
 
 
