@@ -369,36 +369,33 @@ def test_dist_term_value_target_transform_and_logs() -> None:
 # ----------------------------------------------------------------------------- real data: the student learns
 @pytest.fixture(scope="module")
 def teacher_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # A ResNet-8 teacher on 1,024 real images reaches ~55 % test top-1 in two epochs.
     out = tmp_path_factory.mktemp("teacher") / "run"
-    cfg = tiny_config(
-        out,
-        epochs=3,
-        data={"train_subset": 1024},
-        student={"name": "resnet14", "kwargs": {"in_channels": 1}},
-        optim={"lr": 0.1},
-    )
+    cfg = tiny_config(out, data={"train_subset": 1024}, optim={"lr": 0.1})
     build_trainer(cfg, "train").fit()
     return out / "last.pt"
 
 
 def distill(out: Path, teacher: Path, loss: dict) -> tuple[dict, list[dict]]:
-    cfg = tiny_config(
-        out, epochs=3, data={"train_subset": 1024}, teacher={"checkpoint": str(teacher)}, loss=loss
-    )
+    cfg = tiny_config(out, data={"train_subset": 1024}, teacher={"checkpoint": str(teacher)}, loss=loss)
     summary = build_trainer(cfg, "distill").fit()
     return summary, read_metrics(out / "metrics.csv")
 
 
+@pytest.mark.slow
 def test_dkd_student_learns_on_real_data(tmp_path: Path, teacher_ckpt: Path) -> None:
-    summary, rows = distill(tmp_path / "run", teacher_ckpt, {"ce": {}, "dkd": {"warmup_epochs": 3}})
+    # β = 2 as in the authors' ResNet-56 -> ResNet-20 config (small students); two-epoch warm-up.
+    loss = {"ce": {}, "dkd": {"beta": 2.0, "warmup_epochs": 2}}
+    summary, rows = distill(tmp_path / "run", teacher_ckpt, loss)
     # 10 balanced classes: chance is 10 %.
     assert summary["top1_last"] > 40.0
-    assert [r["dkd_warmup"] for r in rows] == pytest.approx([1 / 3, 2 / 3, 1.0])
-    assert all(math.isfinite(r["loss_dkd"]) and r["dkd_nckd"] > 0 for r in rows)
+    assert [r["dkd_warmup"] for r in rows] == pytest.approx([0.5, 1.0])
+    assert rows[-1]["dkd_nckd"] < rows[0]["dkd_nckd"] and rows[-1]["dkd_tckd"] < rows[0]["dkd_tckd"]
 
 
+@pytest.mark.slow
 def test_dist_student_learns_on_real_data(tmp_path: Path, teacher_ckpt: Path) -> None:
     summary, rows = distill(tmp_path / "run", teacher_ckpt, {"ce": {}, "dist": {}})
     assert summary["top1_last"] > 40.0
     # The relations tighten as the student learns.
-    assert rows[-1]["dist_inter"] < rows[0]["dist_inter"]
+    assert rows[-1]["dist_inter"] < rows[0]["dist_inter"] and rows[-1]["dist_intra"] < rows[0]["dist_intra"]
