@@ -35,7 +35,7 @@ def _kl(p: list[float], q: list[float]) -> float:
 
 
 def reference_dkd(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, alpha: float, beta: float, tau: float):
-    """Zhao et al. Eq. (1)-(4): TCKD = KL(b^T ‖ b^S) over [p_t, 1 − p_t]; NCKD = KL(p̂^T ‖ p̂^S) over the
+    """Zhao et al., section 3: TCKD = KL(b^T ‖ b^S) over [p_t, 1 − p_t]; NCKD = KL(p̂^T ‖ p̂^S) over the
     non-target classes renormalised; loss = τ²·(α·TCKD + β·NCKD) averaged over the batch."""
     total = 0.0
     for i in range(s.shape[0]):
@@ -62,7 +62,7 @@ def _pearson(xs: list[float], ys: list[float], eps: float) -> float:
 
 
 def reference_dist(s: torch.Tensor, t: torch.Tensor, beta: float, gamma: float, tau: float, eps=1e-8):
-    """Huang et al. Eq. (5)-(8): 1 − mean Pearson per sample (over classes) and per class (over the batch)
+    """Huang et al., section 3: 1 − mean Pearson per sample (over classes) and per class (over the batch)
     of the σ_τ predictions, weighted by β and γ and scaled by τ² (authors' code: eps in the denominator)."""
     ps = [_softmax([float(v) / tau for v in row]) for row in s]
     pt = [_softmax([float(v) / tau for v in row]) for row in t]
@@ -113,7 +113,7 @@ def test_dkd_matches_the_masking_formulation() -> None:
 
 
 def test_kd_decomposes_into_tckd_plus_weighted_nckd() -> None:
-    # Zhao et al. Eq. (7): KD = TCKD + (1 − p^T_t)·NCKD, per sample.
+    # The reformulation DKD is built on: KD = TCKD + (1 − p^T_t)·NCKD, per sample.
     s, t, y = (
         logits(8, 12, seed=7, dtype=torch.float64),
         logits(8, 12, seed=8, dtype=torch.float64),
