@@ -1,7 +1,7 @@
 """Pure loss functions (no modules, no state), each written once and reused by every method.
 
 Conventions: logits are B×K; "batchmean" = sum over classes, mean over the batch; computations run in
-float32 even under autocast.
+float32 even under autocast (float64 inputs stay float64, so tests can gradcheck the library functions).
 """
 
 from __future__ import annotations
@@ -9,7 +9,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from datakd.errors import DatakdError
+
 REDUCTIONS = ("batchmean", "sum", "none")
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """float32 for half/bfloat16/float32 inputs (autocast-safe), float64 kept as it is."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -36,8 +43,8 @@ def kl_to_targets(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    log_p = F.log_softmax(student_logits.float() / temperature, dim=1)
-    q = target_probs.float()
+    log_p = F.log_softmax(_upcast(student_logits) / temperature, dim=1)
+    q = _upcast(target_probs)
     per_sample = (torch.xlogy(q, q) - q * log_p).sum(dim=1)
     if scale_tau2:
         per_sample = per_sample * temperature**2
@@ -69,7 +76,7 @@ def kd(
     reduction: str = "batchmean",
 ) -> torch.Tensor:
     """Hinton KD: τ²·KL(σ_τ(t) ‖ σ_τ(s)), batch-mean by default (per-sample with reduction="none")."""
-    q = F.softmax(teacher_logits.float() / temperature, dim=1)
+    q = F.softmax(_upcast(teacher_logits) / temperature, dim=1)
     return kl_to_targets(student_logits, q, temperature, reduction)
 
 
@@ -84,3 +91,156 @@ def cross_entropy(
         label_smoothing=label_smoothing,
         reduction=mode,
     )
+
+
+# ------------------------------------------------------------------------ DKD (Zhao et al., CVPR 2022)
+def non_target_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The B×(K−1) logits of every class except each row's target class, in class order.
+
+    A gather, so the target class is removed exactly (no large negative constant is subtracted from it).
+    """
+    b, k = logits.shape
+    columns = torch.arange(k - 1, device=logits.device).expand(b, k - 1)
+    columns = columns + (columns >= target.unsqueeze(1)).long()
+    return logits.gather(1, columns)
+
+
+def target_vs_rest_logits(
+    logits: torch.Tensor, target: torch.Tensor, others: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """B×2 logits whose σ_τ is the binary distribution [p_target, 1 − p_target] of σ_τ(logits).
+
+    The second column is τ·logsumexp(non-target logits / τ): the log of the summed non-target mass,
+    computed in log space, so 1 − p_target never suffers cancellation or log(0) when p_target → 1.
+    """
+    own = logits.gather(1, target.unsqueeze(1))
+    rest = temperature * torch.logsumexp(others / temperature, dim=1, keepdim=True)
+    return torch.cat([own, rest], dim=1)
+
+
+def dkd_parts(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    temperature: float = 4.0,
+    reduction: str = "batchmean",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(TCKD, NCKD) of Decoupled KD, each τ²-scaled, per-sample with reduction="none".
+
+    TCKD = τ²·KL(b_t ‖ b_s) between the binary target-vs-rest distributions; NCKD = τ²·KL(p̂_t ‖ p̂_s)
+    between the distributions renormalised over the K−1 non-target classes (with K = 2 it is 0).
+    """
+    if student_logits.ndim != 2 or student_logits.shape != teacher_logits.shape:
+        raise DatakdError(
+            f"dkd needs B×K student and teacher logits of one shape, got {tuple(student_logits.shape)} "
+            f"and {tuple(teacher_logits.shape)}"
+        )
+    if student_logits.shape[1] < 2:
+        raise DatakdError(f"dkd needs at least 2 classes, got {student_logits.shape[1]}")
+    if target.dtype != torch.long or target.shape != student_logits.shape[:1]:
+        raise DatakdError(
+            f"dkd needs one hard label (int64) per sample, got a {target.dtype} tensor of shape "
+            f"{tuple(target.shape)} for {student_logits.shape[0]} samples"
+        )
+    s, t = _upcast(student_logits), _upcast(teacher_logits)
+    s_rest, t_rest = non_target_logits(s, target), non_target_logits(t, target)
+    s_bin = target_vs_rest_logits(s, target, s_rest, temperature)
+    t_bin = target_vs_rest_logits(t, target, t_rest, temperature)
+    tckd = kl_to_targets(s_bin, F.softmax(t_bin / temperature, dim=1), temperature, reduction)
+    nckd = kl_to_targets(s_rest, F.softmax(t_rest / temperature, dim=1), temperature, reduction)
+    return tckd, nckd
+
+
+def dkd(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    temperature: float = 4.0,
+    reduction: str = "batchmean",
+) -> torch.Tensor:
+    """Decoupled KD: α·TCKD + β·NCKD (each τ²·KL), batch-mean by default (per-sample with "none")."""
+    tckd, nckd = dkd_parts(student_logits, teacher_logits, target, temperature, reduction)
+    return alpha * tckd + beta * nckd
+
+
+# ------------------------------------------------------------------------ DIST (Huang et al., NeurIPS 2022)
+def pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson correlation of matching rows of two B×N matrices, cov / (‖a−ā‖·‖b−b̄‖ + eps).
+
+    The eps sits in the denominator as in the authors' code: a row with no variance (a constant row)
+    gets correlation 0 instead of NaN.
+    """
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+def _check_pair(student_probs: torch.Tensor, teacher_probs: torch.Tensor) -> None:
+    if student_probs.ndim != 2 or student_probs.shape != teacher_probs.shape:
+        raise DatakdError(
+            f"dist needs B×K student and teacher predictions of one shape, got "
+            f"{tuple(student_probs.shape)} and {tuple(teacher_probs.shape)}"
+        )
+
+
+def inter_class_relation(
+    student_probs: torch.Tensor, teacher_probs: torch.Tensor, eps: float = 1e-8
+) -> torch.Tensor:
+    """1 − mean over samples of the Pearson correlation between the student's and teacher's class
+    distributions (DIST's inter-class relation, unscaled). Needs at least 2 classes."""
+    _check_pair(student_probs, teacher_probs)
+    if student_probs.shape[1] < 2:
+        raise DatakdError(
+            f"dist: the inter-class relation needs at least 2 classes, got {student_probs.shape[1]}"
+        )
+    return 1.0 - pearson_rows(student_probs, teacher_probs, eps).mean()
+
+
+def intra_class_relation(
+    student_probs: torch.Tensor, teacher_probs: torch.Tensor, eps: float = 1e-8
+) -> torch.Tensor:
+    """1 − mean over classes of the Pearson correlation, across the batch, between the student's and
+    teacher's probabilities of that class (DIST's intra-class relation, unscaled).
+
+    A batch of 1 has no variance to correlate; that raises instead of returning a meaningless constant.
+    """
+    _check_pair(student_probs, teacher_probs)
+    if student_probs.shape[0] < 2:
+        raise DatakdError(
+            "dist: the intra-class relation correlates each class over the batch and is undefined for a "
+            "batch of 1; use a batch of at least 2 (or gamma: 0)"
+        )
+    return 1.0 - pearson_rows(student_probs.t(), teacher_probs.t(), eps).mean()
+
+
+def dist_from_probs(
+    student_probs: torch.Tensor,
+    teacher_probs: torch.Tensor,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    temperature: float = 1.0,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """τ²·(β·inter + γ·intra) for given σ_τ predictions (a relation with weight 0 is not computed)."""
+    zero = student_probs.new_zeros(())
+    inter = inter_class_relation(student_probs, teacher_probs, eps) if beta else zero
+    intra = intra_class_relation(student_probs, teacher_probs, eps) if gamma else zero
+    return temperature**2 * (beta * inter + gamma * intra)
+
+
+def dist(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    temperature: float = 1.0,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """DIST: τ²·(β·inter + γ·intra) on σ_τ of student and teacher logits (a scalar over the batch)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    p_s = F.softmax(_upcast(student_logits) / temperature, dim=1)
+    p_t = F.softmax(_upcast(teacher_logits) / temperature, dim=1)
+    return dist_from_probs(p_s, p_t, beta, gamma, temperature, eps)
