@@ -323,3 +323,27 @@ def test_raw_transform_seeded_and_fill_is_mean():
     assert 0.6 < changed < 0.95  # 80 % of the images get at least one op (a few ops can be no-ops)
     with pytest.raises(DatakdError, match="channels"):
         aug.setup(SimpleNamespace(mean=(0.5, 0.5, 0.5)))
+
+
+def test_schedule_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    from datakd.plots.base import PLOTS
+    from datakd.plots.pba import find_schedule, schedule_curves
+
+    first = [0] * POLICY_LENGTH
+    second = list(first)
+    second[2 * 3], second[2 * 3 + 1] = 10, 9  # Rotate, copy 1: p = 1, magnitude 9
+    second[2 * 18], second[2 * 18 + 1] = 4, 2  # Rotate, copy 2: p = 0.4, magnitude 2
+    schedule = Schedule([tuple(first), tuple(second)], {"role": "student"})
+    probability, magnitude = schedule_curves(schedule)
+    assert probability.shape == (2, 15) and float(probability[0].sum()) == 0.0
+    assert float(probability[1, 3]) == pytest.approx(0.7) and float(magnitude[1, 3]) == pytest.approx(5.5)
+    path = schedule.save(tmp_path / "search" / "schedule.json")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"augmenter: {{name: pba, schedule: {path}}}\n")
+    assert find_schedule(tmp_path / "search") == path == find_schedule(run) == find_schedule(path)
+    with pytest.raises(DatakdError, match="not a PBA schedule"):
+        find_schedule(tmp_path)
+    (png,) = PLOTS.get("pba")(path, path / "plots")  # what `datakd plot pba FILE` passes
+    assert png == tmp_path / "search" / "plots" / "pba_schedule.png" and png.stat().st_size > 10_000
