@@ -140,6 +140,8 @@ def test_ray_pbt_search_then_replay(recipe, tmp_path):
             *overrides,
             f"teacher.checkpoint={teacher}",
             "epochs=4",
+            "data.train_subset=512",
+            "data.test_subset=200",
             f"out={tmp_path / 'replay'}",
             f"augmenter={{name: pba, schedule: {out / 'schedule.json'}, cutout: 8}}",
         ],

@@ -126,7 +126,7 @@ def prepare_spec(
     values = cfg.to_dict()
     values["data"]["root"] = _absolute(cfg.data.root)
     for section in ("student", "teacher"):
-        values[section]["checkpoint"] = _absolute(cfg.__dict__[section].checkpoint)
+        values[section]["checkpoint"] = _absolute(getattr(cfg, section).checkpoint)
     return TrialSpec(mode, values, epochs or cfg.total_epochs, train_size, val, split_seed, cutout)
 
 
