@@ -42,6 +42,9 @@ class DataConfig:
     val_size: int = 0
     train_subset: int | None = None
     test_subset: int | None = None
+    # Seed of the validation hold-out and the subsets (default: the run seed), so runs with different
+    # seeds can share one split (e.g. the members of a population-based search).
+    split_seed: int | None = None
     # Dataset-specific options (e.g. fashion-mnist: pad_to_32, rgb).
     options: dict[str, Any] = field(default_factory=dict)
 

@@ -44,6 +44,7 @@ CIFAR_ZOO = {
     "resnet18",
     "resnet34",
     "resnet50",
+    "alexnet_cifar",  # role-wise KD (seed 002)
 }
 
 

@@ -21,6 +21,8 @@ def load_dataset(cfg: DataConfig, seed: int) -> tuple[DatasetBundle, str]:
 
     bundle = DATASETS.build(cfg.dataset, root=cfg.root, download=cfg.download, **cfg.options)
     train, test = bundle.train, bundle.test
+    if cfg.split_seed is not None:
+        seed = cfg.split_seed
     eval_split = "test"
     if cfg.val_size:
         # The validation images come out of the training split; the test split stays untouched for tuning.

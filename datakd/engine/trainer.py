@@ -362,8 +362,13 @@ class Trainer:
         if self._progress():
             tqdm.write(text)
 
-    def fit(self) -> dict[str, Any]:
-        """Train to the last epoch (from wherever a resume left off) and write summary.json."""
+    def fit(self, until_epoch: int | None = None) -> dict[str, Any]:
+        """Train to the last epoch (from wherever a resume left off) and write summary.json.
+
+        With `until_epoch`, stop once that many epochs are done (a driver such as population-based
+        search advances a run a few epochs at a time; calling `fit` again continues it).
+        """
+        stop = self.total_epochs if until_epoch is None else min(until_epoch, self.total_epochs)
         started = time.perf_counter()
         wall_before = self.wall_seconds
         if self.is_main:
@@ -374,7 +379,7 @@ class Trainer:
             event.on_train_start(self)
         self._teacher_eval()
         try:
-            while self.epoch < self.total_epochs:
+            while self.epoch < stop:
                 self._run_epoch(started, wall_before)
         finally:
             if self.tb is not None:

@@ -1,0 +1,263 @@
+"""Population Based Augmentation search (Ho et al. 2019) as role-wise KD runs it, on Ray Tune.
+
+A population (default 16) of runs of one recipe trains on a reduced split (default 4,000 training images,
+the rest of the training set as validation, one split shared by every member), each member with its own
+seed and PBA policy. Ray Tune's `PopulationBasedTraining` compares them every 3 epochs on validation
+accuracy: the bottom 25 % copy weights and policy of the top 25 % (exploit) and then perturb the 60
+integers of the policy with PBA's rule (explore, `datakd.augmenters.pba_policy.explore`). Every member
+starts from the all-zero policy. The best member's policy history is the schedule.
+
+Stage-α searches with the teacher alone (``role="teacher"``: members are `train` runs); Stage-β with the
+student distilled from the fixed Stage-α teacher (``role="student"``: members are `distill` runs). The same
+code runs locally or on a Ray cluster (``address="ray://head:10001"`` or ``"auto"``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from datakd.augmenters.pba_policy import POLICY_LENGTH, Schedule, explore
+from datakd.config import RunConfig, config_from_dict
+from datakd.data.loaders import derive_seed
+from datakd.errors import ConfigError, DatakdError
+
+REWARD = "val_acc"
+ROLES = {"teacher": "train", "student": "distill"}
+INSTALL_HINT = "PBA search needs Ray Tune, which is not installed: pip install 'datakd[pba]'"
+
+
+@dataclass
+class TrialSpec:
+    """Everything a population member needs to build its run (plain data, shipped to Ray workers)."""
+
+    mode: str
+    base: dict[str, Any]
+    epochs: int
+    train_size: int
+    val_size: int
+    split_seed: int
+    cutout: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrialSpec:
+        return cls(**values)
+
+    def trial_config(self, policy: list[int], seed: int, run_dir: Path) -> RunConfig:
+        """The recipe as one member: reduced split, fixed policy, search length (LR milestones and stage
+        events rescaled by the epoch-scaling rule), the member's seed, quiet and checkpoint-light."""
+        values = copy.deepcopy(self.base)
+        schedule = values.setdefault("schedule", {})
+        scale = float(schedule.get("scale", 1.0))
+        recipe_epochs = round(values["epochs"] * scale)
+        schedule["scale"] = scale * self.epochs / recipe_epochs
+        data = values.setdefault("data", {})
+        data.update(
+            val_size=self.val_size, train_subset=self.train_size, test_subset=None, split_seed=self.split_seed
+        )
+        values["augmenter"] = {"name": "pba", "policy": list(policy), "cutout": self.cutout}
+        values.update(seed=seed, out=str(run_dir), quiet=True, name=f"{values.get('name', 'run')}-pba")
+        engine = values.setdefault("engine", {})
+        engine.update(tensorboard=False, save_best=False, eval_every=1, checkpoint_every_iters=0)
+        cfg = config_from_dict(values)
+        if cfg.total_epochs != self.epochs:
+            raise DatakdError(f"search length {self.epochs} became {cfg.total_epochs} epochs after rescaling")
+        return cfg
+
+
+def member_seed(split_seed: int, trial_id: str) -> int:
+    """A population member's own seed (model init, data order, augmentation draws), from its trial id.
+
+    It stays the member's after an exploit (PBT copies the donor's config, not its identity), so members
+    keep independent randomness while sharing one split (``data.split_seed``).
+    """
+    return derive_seed(split_seed, zlib.crc32(trial_id.encode())) % (2**31)
+
+
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+def prepare_spec(
+    cfg: RunConfig,
+    role: str,
+    epochs: int | None = None,
+    train_size: int = 4000,
+    val_size: int | None = None,
+    split_seed: int = 0,
+    cutout: int = 0,
+) -> TrialSpec:
+    """Check the recipe for `role` and fix the reduced split; paths become absolute for remote workers."""
+    if role not in ROLES:
+        raise ConfigError(f"unknown PBA search role {role!r}; valid choices: {', '.join(ROLES)}")
+    mode = ROLES[role]
+    if role == "student" and not cfg.teacher.checkpoint:
+        raise ConfigError(
+            "a student search distils from the Stage-α teacher: pass --teacher-checkpoint "
+            "(or teacher.checkpoint)"
+        )
+    if role == "teacher":
+        from datakd.losses.base import LOSSES
+
+        needy = [n for n, o in cfg.loss.items() if LOSSES.get(o.get("type", n)).needs_teacher]
+        if needy:
+            raise ConfigError(f"a teacher search trains without a teacher, but loss terms {needy} need one")
+    from datakd.data.base import DATASETS
+
+    bundle = DATASETS.build(
+        cfg.data.dataset, root=cfg.data.root, download=cfg.data.download, **cfg.data.options
+    )
+    total = len(bundle.train)
+    val = total - train_size if val_size is None else val_size
+    if train_size < 1 or val < 1 or train_size + val > total:
+        raise ConfigError(
+            f"a reduced split of {train_size} training + {val} validation images does not fit the "
+            f"{total} training images of {cfg.data.dataset!r}"
+        )
+    values = cfg.to_dict()
+    values["data"]["root"] = _absolute(cfg.data.root)
+    for section in ("student", "teacher"):
+        values[section]["checkpoint"] = _absolute(getattr(cfg, section).checkpoint)
+    return TrialSpec(mode, values, epochs or cfg.total_epochs, train_size, val, split_seed, cutout)
+
+
+def _init_ray(ray: Any, address: str | None, num_cpus: int | None, quiet: bool) -> bool:
+    """Connect to (or start) Ray with this datakd importable on the workers; True if we started it."""
+    import datakd
+
+    package = Path(datakd.__file__).resolve().parent
+    if ray.is_initialized():
+        return False
+    if address is None:
+        # Local workers import datakd from the same place as this process (a checkout or an install).
+        paths = [str(package.parent), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        env = {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
+    else:
+        env = {
+            "py_modules": [str(package)]
+        }  # ship this datakd to the cluster (its dependencies must be there)
+    ray.init(
+        address=address,
+        num_cpus=num_cpus if address is None else None,
+        runtime_env=env,
+        include_dashboard=False,
+        log_to_driver=not quiet,
+        logging_level="ERROR" if quiet else "INFO",
+    )
+    return True
+
+
+def _trial_id(result: Any) -> str:
+    return str(result.metrics.get("trial_id", Path(str(result.path)).name))
+
+
+def run_search(
+    spec: TrialSpec,
+    out: Path,
+    population: int = 16,
+    perturbation_interval: int = 3,
+    quantile: float = 0.25,
+    seed: int = 0,
+    address: str | None = None,
+    cpus_per_trial: float = 1.0,
+    gpus_per_trial: float = 0.0,
+    num_cpus: int | None = None,
+    synch: bool = False,
+    quiet: bool = False,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run the search; writes ``out/schedule.json`` (the best member's policy per epoch) and
+    ``out/search.json`` (every member's final reward), and returns the summary."""
+    try:
+        import ray
+        from ray import tune
+        from ray.tune.schedulers import PopulationBasedTraining
+    except ImportError:
+        raise DatakdError(INSTALL_HINT) from None
+    from datakd.pba.trainable import PBATrial
+
+    if population < 2:
+        raise ConfigError(f"a PBA population needs at least 2 members, got {population}")
+    if not 0 < quantile <= 0.5:
+        raise ConfigError(f"the PBT quantile must be in (0, 0.5], got {quantile}")
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+
+    def explore_policy(config: dict[str, Any]) -> dict[str, Any]:
+        config["policy"] = explore(config["policy"], rng)
+        return config
+
+    started = _init_ray(ray, address, num_cpus, quiet)
+    try:
+        scheduler = PopulationBasedTraining(
+            time_attr="training_iteration",
+            perturbation_interval=perturbation_interval,
+            quantile_fraction=quantile,
+            custom_explore_fn=explore_policy,
+            log_config=True,
+            synch=synch,
+        )
+        trainable = tune.with_resources(
+            tune.with_parameters(PBATrial, spec=spec.to_dict()),
+            {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"policy": [0] * POLICY_LENGTH},  # PBA starts every member with no augmentation
+            tune_config=tune.TuneConfig(
+                scheduler=scheduler, metric=REWARD, mode="max", num_samples=population, reuse_actors=True
+            ),
+            run_config=tune.RunConfig(
+                name="search",
+                storage_path=str(out / "ray"),
+                stop={"training_iteration": spec.epochs},
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
+                verbose=0 if quiet else 1,
+            ),
+        )
+        results = tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+    finished = [r for r in results if r.metrics and "schedule" in r.metrics]
+    if not finished:
+        errors = [str(r.error) for r in results if r.error is not None]
+        raise DatakdError(f"no PBA search member finished; first error: {errors[0] if errors else 'unknown'}")
+    best = max(finished, key=lambda r: r.metrics[REWARD])
+    summary = {
+        "role": "teacher" if spec.mode == "train" else "student",
+        "population": population,
+        "epochs": spec.epochs,
+        "train_size": spec.train_size,
+        "val_size": spec.val_size,
+        "perturbation_interval": perturbation_interval,
+        "quantile": quantile,
+        "seed": seed,
+        "synch": synch,
+        "best": {"trial": _trial_id(best), REWARD: best.metrics[REWARD], "path": str(best.path)},
+        "members": sorted(
+            (
+                {"trial": _trial_id(r), REWARD: r.metrics.get(REWARD), "policy": r.config["policy"]}
+                for r in results
+                if r.metrics
+            ),
+            key=lambda m: m["trial"],
+        ),
+        "ray_version": ray.__version__,
+        **(meta or {}),
+    }
+    history = json.loads(best.metrics["schedule"])
+    schedule_meta = {k: v for k, v in summary.items() if k != "members"}
+    Schedule([tuple(p) for p in history], schedule_meta).save(out / "schedule.json")
+    (out / "search.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary

@@ -1,0 +1,69 @@
+"""Every role-wise KD recipe loads, names valid models/terms/events/augmenter, carries its paper number, and
+matches its generator (tools/make_rolewise_recipes.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from datakd.augmenters.base import build_augmenter
+from datakd.augmenters.pba_policy import POLICY_LENGTH, Schedule
+from datakd.config import load_config
+from datakd.events.base import build_events
+from datakd.losses.base import build_terms
+from datakd.models.registry import get_entry
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "recipes").glob("cifar*/rolewise/*.yaml"))
+
+
+def test_there_is_a_recipe_per_table():
+    assert len(RECIPES) == 58
+    tables = {load_config(p).reference["table"] for p in RECIPES}
+    assert tables == {1, 2, 3, 4}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[f"{p.parent.parent.name}/{p.stem}" for p in RECIPES])
+def test_recipe_builds_without_data(path, tmp_path):
+    cfg = load_config(path)
+    assert cfg.reference["paper"] == "002" and isinstance(cfg.reference["top1"], float)
+    assert cfg.epochs == 200 and cfg.data.batch_size == 128 and cfg.data.dataset == path.parent.parent.name
+    student = get_entry(cfg.student.name)
+    terms = build_terms(cfg.loss)
+    events = build_events(cfg.events)
+    assert len(events) == len(cfg.events)
+    for event in cfg.events:
+        assert set(event["terms"]) <= set(cfg.loss)
+    augmenter_spec = dict(cfg.augmenter)
+    if augmenter_spec["name"] == "pba":
+        schedule = Path(augmenter_spec["schedule"])
+        assert schedule.parts[0] == "schedules" and schedule.name == "schedule.json"
+        assert augmenter_spec["cutout"] == (8 if cfg.data.dataset == "cifar100" else 16)
+        stand_in = Schedule([(0,) * POLICY_LENGTH]).save(tmp_path / "schedule.json")
+        augmenter_spec["schedule"] = str(stand_in)
+    augmenter = build_augmenter(augmenter_spec)
+    for term in terms:
+        assert set(term.views) <= set(augmenter.view_names)
+    if any(t.needs_teacher for t in terms):
+        assert cfg.teacher.checkpoint and get_entry(cfg.teacher.name)
+        assert cfg.teacher.checkpoint.startswith(f"runs/rolewise-{cfg.data.dataset}-")
+        if "@" in cfg.student.name:  # quantised copies of the teacher start from its weights
+            assert cfg.student.init_from_teacher and cfg.student.name.split("@")[0] == cfg.teacher.name
+            assert cfg.optim.name == "adam" and cfg.optim.lr == 1e-3 and cfg.optim.weight_decay == 1e-5
+    assert student.family == "cifar"
+
+
+def test_recipes_match_their_generator(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location(
+        "make_rolewise_recipes", REPO / "tools" / "make_rolewise_recipes.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "ROOT", tmp_path)
+    module.main()
+    generated = sorted(tmp_path.glob("cifar*/rolewise/*.yaml"))
+    assert [p.relative_to(tmp_path) for p in generated] == [p.relative_to(REPO / "recipes") for p in RECIPES]
+    for new, old in zip(generated, RECIPES):
+        assert new.read_text() == old.read_text(), old.name
