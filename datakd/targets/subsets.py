@@ -111,12 +111,6 @@ def parse_subset(text: str) -> Node:
     return _Parser(text).parse()
 
 
-def atoms_of(node: Node) -> set[str]:
-    if isinstance(node, str):
-        return {node}
-    return set().union(*(atoms_of(child) for child in node[1:]))
-
-
 def evaluate(node: Node, masks: dict[str, torch.Tensor]) -> torch.Tensor:
     """The boolean (B,) mask of the expression, given masks for ``correct`` and ``regularization``."""
     if isinstance(node, str):
@@ -143,7 +137,6 @@ class Subset:
     def __init__(self, expression: str) -> None:
         self.expression = expression
         self.tree = parse_subset(expression)
-        self.atoms = atoms_of(self.tree)
 
     def mask(self, masks: dict[str, torch.Tensor]) -> torch.Tensor:
         return evaluate(self.tree, masks)
