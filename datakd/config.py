@@ -82,6 +82,9 @@ class ScheduleConfig:
     gamma: float = 0.1
     step_size: float = 30
     eta_min: float = 0.0  # absolute lr at the end of cosine/linear decay
+    # Cosine/linear: reach eta_min this many epochs after the schedule starts, then stay there (EffDstl's
+    # stage 1 decays over 240 of 300 epochs); None = decay until the end of training.
+    decay_epochs: float | None = None
     warmup_epochs: float = 0.0
     warmup_start_factor: float = 0.0
     # Seed 001's epoch-scaling rule: epochs × scale and every decay epoch × scale.

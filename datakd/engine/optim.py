@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from datakd.config import OptimConfig, ScheduleConfig, _build
-from datakd.errors import choice_error
+from datakd.errors import ConfigError, choice_error
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
 SCHEDULES = ("multistep", "step", "cosine", "linear", "constant")
@@ -71,6 +71,8 @@ class LRSchedule:
     ) -> None:
         if cfg.name not in SCHEDULES:
             raise choice_error("schedule", cfg.name, SCHEDULES)
+        if cfg.decay_epochs is not None and cfg.decay_epochs <= 0:
+            raise ConfigError(f"schedule.decay_epochs must be positive, got {cfg.decay_epochs}")
         self.cfg = cfg
         self.steps_per_epoch = max(steps_per_epoch, 1)
         self.total_epochs = total_epochs
@@ -92,7 +94,10 @@ class LRSchedule:
             return cfg.gamma ** ((epoch - self.start_epoch) // max(round(cfg.step_size * cfg.scale), 1))
         if cfg.name == "constant":
             return 1.0
-        span = max(self.total_epochs - self.start_epoch - cfg.warmup_epochs, 1e-9)
+        end = self.total_epochs
+        if cfg.decay_epochs is not None:
+            end = self.start_epoch + cfg.decay_epochs * cfg.scale
+        span = max(end - self.start_epoch - cfg.warmup_epochs, 1e-9)
         t = min(max(since - cfg.warmup_epochs, 0.0) / span, 1.0)
         floor = cfg.eta_min / self.base_lr if self.base_lr > 0 else 0.0  # eta_min is an absolute lr
         if cfg.name == "cosine":

@@ -57,8 +57,11 @@ class ScaleLossWeights(StageEvent):
 class SwitchTeacher(StageEvent):
     """At epoch `at`, replace the teacher by the model in `checkpoint` (any architecture).
 
-    With `optim`/`schedule` given, the optimizer and LR schedule are rebuilt from that epoch (EffDstl's
-    stage 2: lr 0.05, wd 0, a fresh cosine over the remaining epochs).
+    `model` names the architecture when the checkpoint does not record it (a raw torchvision/timm state
+    dict, e.g. ``model: timm:resnet34d``); in a recipe the key ``name`` is the event's own name, so the
+    model name can only be given as `model`. With `optim`/`schedule` given, the optimizer and LR schedule
+    are rebuilt from that epoch (EffDstl's stage 2: lr 0.05, wd 0, a fresh cosine over the remaining
+    epochs).
     """
 
     def __init__(
@@ -68,10 +71,11 @@ class SwitchTeacher(StageEvent):
         name: str | None = None,
         optim: dict[str, Any] | None = None,
         schedule: dict[str, Any] | None = None,
+        model: str | None = None,
     ) -> None:
         self.at = at
         self.checkpoint = checkpoint
-        self.name = name
+        self.name = model or name
         self.optim = optim
         self.schedule = schedule
 

@@ -244,3 +244,57 @@ def dist(
     p_s = F.softmax(_upcast(student_logits) / temperature, dim=1)
     p_t = F.softmax(_upcast(teacher_logits) / temperature, dim=1)
     return dist_from_probs(p_s, p_t, beta, gamma, temperature, eps)
+
+
+# ------------------------------------------------------------------------------------------------------
+# WSL — weighted soft labels (Zhou et al., ICLR 2021); EffDstl's stage-1 loss uses its `effdstl` variant.
+# ------------------------------------------------------------------------------------------------------
+
+
+def wsl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    temperature: float = 2.0,
+    variant: str = "official",
+) -> torch.Tensor:
+    """Weighted soft labels: τ²·mean_b[w_b · (−Σ_c σ_τ(t)_c log σ_τ(s)_c)], batch mean, a scalar.
+
+    The per-sample weight w = 1 − exp(−max(L_s / L_t, 0)) (detached) shrinks distillation where the
+    student already fits the label better than the teacher (L = the label's cross-entropy):
+    * ``official`` (the WSL code): L_s, L_t at T = 1 and L_t + 1e-7 in the denominator;
+    * ``effdstl`` (EffDstl's stage 1, spec §4.2): L_s, L_t at T = τ, no ε. Where L_t = 0 (a teacher
+      certain of the label in float precision) the weight is 1, or 0 when L_s = 0 too (never NaN).
+    Labels `target` are class indices (B,). float16/bfloat16 logits are computed in float32, float64 stays.
+    """
+    if variant not in ("official", "effdstl"):
+        raise ValueError(f"unknown wsl variant {variant!r}; valid choices: official, effdstl")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if student_logits.ndim != 2 or student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"wsl needs B×K student and teacher logits of one shape, got {tuple(student_logits.shape)} "
+            f"and {tuple(teacher_logits.shape)}"
+        )
+    if target.shape != student_logits.shape[:1] or target.dtype != torch.long:
+        raise ValueError(
+            f"wsl needs B class indices (int64) as target, got {target.dtype} {tuple(target.shape)}"
+        )
+    if student_logits.shape[0] == 0:
+        raise ValueError("wsl of an empty batch is undefined")
+    dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
+    s, t = student_logits.to(dtype), teacher_logits.to(dtype)
+    log_p_s = F.log_softmax(s / temperature, dim=1)
+    q_t = F.softmax(t / temperature, dim=1)
+    soft_ce = -(q_t * log_p_s).sum(dim=1)
+    with torch.no_grad():
+        scale = 1.0 if variant == "official" else temperature
+        rows = torch.arange(s.shape[0], device=s.device)
+        ce_s = -F.log_softmax(s.detach() / scale, dim=1)[rows, target]
+        ce_t = -F.log_softmax(t.detach() / scale, dim=1)[rows, target]
+        if variant == "official":
+            ratio = ce_s / (ce_t + 1e-7)
+        else:  # CE_t = 0 (or −0.0): ratio +inf where the student still errs, 0 where it does not
+            ratio = torch.where(ce_t > 0, ce_s / ce_t, torch.where(ce_s > 0, torch.inf, 0.0))
+        weight = 1.0 - torch.exp(-ratio.clamp_min(0.0))
+    return temperature**2 * (weight * soft_ce).mean()
