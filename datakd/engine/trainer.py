@@ -86,6 +86,7 @@ class Trainer:
         self.best_top1 = -math.inf
         self.best_epoch = 0
         self.teacher_metrics: dict[str, float] | None = None
+        self.teacher_history: list[dict[str, Any]] = []  # earlier teachers (stage events can switch)
         self.wall_seconds = 0.0
         self.train_seconds = 0.0
         self.train_images = 0
@@ -172,7 +173,16 @@ class Trainer:
 
     def switch_teacher(self, checkpoint: str, name: str | None = None) -> None:
         """Replace the teacher (any architecture) by the model stored in `checkpoint`."""
+        if self.teacher_metrics is not None:
+            self.teacher_history.append(
+                {
+                    **(self.teacher_source or {}),
+                    "top1": self.teacher_metrics["top1"],
+                    "until_epoch": self.epoch,
+                }
+            )
         self.teacher, self.teacher_source = self._teacher_loader(checkpoint, name)
+        self.teacher_metrics = None  # evaluated at the start of the next epoch
 
     def rebuild_optimizer(self, optim: dict[str, Any], schedule: dict[str, Any], start_epoch: int) -> None:
         """A fresh optimizer (momentum reset) and an LR schedule restarted at `start_epoch`."""
@@ -399,6 +409,7 @@ class Trainer:
             self.augmenter.on_epoch_start(epoch, self)
             for term in self.terms:
                 term.on_epoch_start(epoch)
+            self._teacher_eval()  # a teacher switched in by an event is evaluated once, here
             self._epoch_train_seconds = 0.0
             self._epoch_images = 0
         self.student.train()
@@ -503,6 +514,7 @@ class Trainer:
             "top5_best": best.get(f"{self.eval_split}_top5"),
             "best_epoch": best.get("epoch"),
             "teacher_top1": None if self.teacher_metrics is None else self.teacher_metrics["top1"],
+            "earlier_teachers": self.teacher_history,
             "images_per_sec": self.train_images / max(self.train_seconds, 1e-9),
             "train_seconds": self.train_seconds,
             "wall_seconds": self.wall_seconds,
@@ -541,6 +553,7 @@ class Trainer:
             "events": [e.state_dict() for e in self.events],
             "teacher_source": self.teacher_source,
             "teacher_metrics": self.teacher_metrics,
+            "teacher_history": self.teacher_history,
             "rng": capture_rng(),
             "meters": self.meters.state_dict(),
             "epoch_progress": {
@@ -587,6 +600,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step, self.global_step = state["epoch"], state["step"], state["global_step"]
         self.teacher_metrics = state.get("teacher_metrics")
+        self.teacher_history = list(state.get("teacher_history", []))
         self.meters.load_state_dict(state["meters"], self.device)
         progress = state.get("epoch_progress", {})
         self._epoch_train_seconds = progress.get("train_seconds", 0.0)
