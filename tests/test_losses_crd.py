@@ -309,3 +309,54 @@ def test_bad_options_fail_clearly(options: dict, message: str) -> None:
 def test_single_class_data_cannot_give_other_class_negatives(models) -> None:
     with pytest.raises(DatakdError, match="two classes"):
         make_term(models, labels=torch.zeros(N, dtype=torch.long))
+
+
+# ----------------------------------------------------------------------------------------- DDP
+
+
+def _memory_options(memory: str) -> dict:
+    return {"memory": "queue", "queue_size": 12} if memory == "queue" else {}
+
+
+def _ddp_worker(rank: int, port: int, memory: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        models = (create("resnet8", CLASSES, in_channels=1), create("resnet8", CLASSES, in_channels=1))
+        term = make_term(models, **_memory_options(memory))
+        term.load_state_dict(torch.load(out + ".init.pt"))  # the same heads and memory on both ranks
+        idx = torch.tensor([rank * 4 + i for i in range(4)])  # each rank sees different images
+        fs, ft = features(4, 100 + rank)
+        term(inputs(fs, ft, LABELS[idx], idx))
+        torch.save(
+            {k: v for k, v in term.state_dict().items() if not k.startswith("embed")}, f"{out}.{rank}.pt"
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("memory", ["bank", "queue"])
+def test_memory_stays_identical_across_ranks(tmp_path, memory: str) -> None:
+    """Two gloo processes with different images: both memories get all 8 embeddings, identically."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    models = (create("resnet8", CLASSES, in_channels=1), create("resnet8", CLASSES, in_channels=1))
+    init = make_term(models, **_memory_options(memory)).state_dict()
+    out = str(tmp_path / "state")
+    torch.save(init, out + ".init.pt")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, memory, out), nprocs=2)
+    states = [torch.load(f"{out}.{rank}.pt") for rank in range(2)]
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+    if memory == "bank":
+        changed = (states[0]["memory_s"] != init["memory_s"]).any(dim=1)
+        assert changed.nonzero().flatten().tolist() == list(range(8))
+    else:
+        assert int(states[0]["queue_ptr"]) == 8
+        assert sorted(states[0]["queue_labels"][:8].tolist()) == sorted(LABELS[:8].tolist())

@@ -162,9 +162,10 @@ def test_hint_regressor_rules(student, teacher, kind) -> None:
     assert (HintRegressor(student, teacher, relu=False)(torch.randn(2, *student)) < 0).any()
 
 
-def test_fitnet_on_a_vector_tap_fails_clearly() -> None:
+@pytest.mark.parametrize("method", ["fitnet", "at", "vid"])
+def test_map_terms_on_a_vector_tap_fail_clearly(method: str) -> None:
     with pytest.raises(DatakdError, match="C×H×W"):
-        built({"fitnet": {"student": "pre_logits", "teacher": "pre_logits"}}, "resnet32x4", "resnet8x4")
+        built({method: {"student": "pre_logits", "teacher": "pre_logits"}}, "resnet32x4", "resnet8x4")
 
 
 # ----------------------------------------------------------------------------------------- values

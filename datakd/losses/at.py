@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from datakd.engine.context import TermInputs
+from datakd.engine.context import SetupContext, TermInputs
 from datakd.errors import DatakdError
 from datakd.losses import relations as R
 from datakd.losses.base import register_loss
@@ -27,6 +27,13 @@ class AttentionTransfer(PairedFeatureTerm):
         if p <= 0:
             raise DatakdError(f"at.p must be positive, got {p}")
         self.p = float(p)
+
+    def build(self, ctx: SetupContext) -> None:
+        for tap, shape in zip(
+            self.student_taps + self.teacher_taps, self.student_shapes + self.teacher_shapes
+        ):
+            if len(shape) != 3:
+                raise DatakdError(f"{self.label}: tap {tap!r} gives shape {list(shape)}; AT needs C×H×W maps")
 
     def forward(self, inputs: TermInputs) -> torch.Tensor:
         # Stage pairs of different resolutions are average-pooled to the smaller one (match_spatial).

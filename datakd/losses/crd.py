@@ -57,12 +57,15 @@ def _random_memory(rows: int, dim: int) -> torch.Tensor:
 
 
 def _gather(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate a tensor over all ranks (identity without torch.distributed), so memories stay equal."""
+    """Concatenate a tensor over all ranks (identity without torch.distributed), so memories stay equal.
+
+    Every rank contributes the same number of rows (the distributed loaders drop the last partial batch).
+    """
     if not D.is_distributed():
         return tensor
-    out = tensor.new_empty((D.world_size() * tensor.shape[0], *tensor.shape[1:]))
-    dist.all_gather_into_tensor(out, tensor.contiguous())
-    return out
+    parts = [torch.empty_like(tensor) for _ in range(D.world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
 
 
 def _mean_over_ranks(value: torch.Tensor) -> torch.Tensor:

@@ -53,8 +53,12 @@ class ReviewKD(PairedFeatureTerm):
         self.levels = tuple(levels)
         self.fusions = nn.ModuleList()
         self.out_sizes: list[tuple[int, int]] = []
+        self.epoch_scale = 1.0  # schedule.scale of the run: recipe epochs count × scale
 
     def build(self, ctx: SetupContext) -> None:
+        config = ctx.extra.get("config")
+        if config is not None:
+            self.epoch_scale = float(config.schedule.scale)
         student = [_as_map_shape(s, f"{self.label}.student") for s in self.student_shapes]
         teacher = [_as_map_shape(t, f"{self.label}.teacher") for t in self.teacher_shapes]
         # As in the authors' code: the hidden width is the deepest student level's width, at most 512;
@@ -68,10 +72,11 @@ class ReviewKD(PairedFeatureTerm):
         self.out_sizes = [(t[1], t[2]) for t in teacher]
 
     def warmup_factor(self, epoch: int) -> float:
-        """mdistiller's linear warm-up: min(epoch/warmup, 1) with epochs counted from 1."""
+        """mdistiller's linear warm-up: min(epoch/W, 1) with epochs counted from 1 (0.05 in the first of
+        W = 20 epochs, never 0); W follows the epoch-scaling rule (× schedule.scale)."""
         if self.warmup_epochs == 0:
             return 1.0
-        return min((epoch + 1) / self.warmup_epochs, 1.0)
+        return min((epoch + 1) / (self.warmup_epochs * self.epoch_scale), 1.0)
 
     def fuse(self, student_features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Outputs for every level (shallow to deep), computed deep to shallow through the residual path."""
@@ -85,4 +90,6 @@ class ReviewKD(PairedFeatureTerm):
         pairs = self.pairs(inputs)
         outputs = self.fuse([fs for fs, _ in pairs])
         loss = R.hierarchical_context_loss(outputs, [_as_map(ft) for _, ft in pairs], self.levels)
-        return loss * self.warmup_factor(inputs.epoch)
+        factor = self.warmup_factor(inputs.epoch)
+        inputs.log(f"{self.term_name}_warmup", factor)
+        return loss * factor
