@@ -84,3 +84,24 @@ def cross_entropy(
         label_smoothing=label_smoothing,
         reduction=mode,
     )
+
+
+def tst_search_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    eps: float = 1e-8,
+    reduction: str = "batchmean",
+) -> torch.Tensor:
+    """TST Stage II objective (Eq. 2), minimised over the augmentation with both networks frozen:
+    α·CE(teacher(x̂), y) + β·(−log(1 − p_S(y | x̂) + eps)), temperature 1.
+
+    Low when the teacher still recognises x̂ and the student does not; the second term is bounded below by
+    −log(1 + eps) ≈ 0 and stays finite when the student is certain (p_S = 1 gives −log(eps)).
+    """
+    ce_teacher = F.cross_entropy(teacher_logits.float(), labels, reduction="none")
+    p_student = F.softmax(student_logits.float(), dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
+    per_sample = alpha * ce_teacher - beta * torch.log(1.0 - p_student + eps)
+    return _reduce(per_sample, reduction)
