@@ -101,7 +101,11 @@ def tst_search_loss(
     Low when the teacher still recognises x̂ and the student does not; the second term is bounded below by
     −log(1 + eps) ≈ 0 and stays finite when the student is certain (p_S = 1 gives −log(eps)).
     """
-    ce_teacher = F.cross_entropy(teacher_logits.float(), labels, reduction="none")
-    p_student = F.softmax(student_logits.float(), dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
+    wide = student_logits.dtype == torch.float64  # keep float64 (gradient checks); else compute in float32
+    ce_teacher = F.cross_entropy(
+        teacher_logits.double() if wide else teacher_logits.float(), labels, reduction="none"
+    )
+    p_student = F.softmax(student_logits if wide else student_logits.float(), dim=1)
+    p_student = p_student.gather(1, labels.view(-1, 1)).squeeze(1)
     per_sample = alpha * ce_teacher - beta * torch.log(1.0 - p_student + eps)
     return _reduce(per_sample, reduction)
