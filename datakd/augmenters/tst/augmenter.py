@@ -144,10 +144,9 @@ class TSTAugmenter(Augmenter):
         policy = self._require_policy()
         if trainer.teacher is None:
             raise DatakdError("TST Stage II needs a teacher: run with `datakd distill`")
-        state = self._search if self._search is not None and self._search["epoch"] == epoch else None
         device = policy.prob_logits.device
-        if state is None:
-            state = {
+        if self._search is None or self._search["epoch"] != epoch:
+            self._search = {
                 "epoch": epoch,
                 "pass": 0,
                 "step": 0,
@@ -158,60 +157,73 @@ class TSTAugmenter(Augmenter):
                 "alrs": None,
             }
             self._record(trainer, epoch, 0, None, self.lr)
-        params = parameter_list(policy, not self.freeze_encoders)
-        optimizer = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum)
+        state = self._search
+        state["loss_sum"], state["count"] = state["loss_sum"].to(device), state["count"].to(device)
+        optimizer = torch.optim.SGD(
+            parameter_list(policy, not self.freeze_encoders), lr=self.lr, momentum=self.momentum
+        )
         alrs = ALRS(optimizer, **self.alrs_options)
-        if state["optimizer"] is not None:
+        if state["optimizer"] is not None:  # resuming inside this call
             optimizer.load_state_dict(state["optimizer"])
             alrs.load_state_dict(state["alrs"])
-        self._search, self._live = state, (optimizer, alrs)
-        loss_sum, count = state["loss_sum"].to(device), state["count"].to(device)
-        every = trainer.cfg.engine.checkpoint_every_iters
+        self._live = (optimizer, alrs)
         steps = len(trainer.loader) if max_steps is None else min(max_steps, len(trainer.loader))
         with frozen_student(trainer.student_module) as student:
             while state["pass"] < passes:
-                k = state["pass"]
-                for batch in trainer.loader.epoch(SEARCH_KEY + epoch * 1000 + k, state["step"]):
-                    if state["step"] >= steps:
-                        break
-                    loss = search_step(
-                        policy,
-                        student,
-                        trainer.teacher,
-                        batch.images,
-                        batch.labels,
-                        optimizer,
-                        self.alpha,
-                        self.beta,
-                        self.clip_grad_norm,
-                        trainer.autocast,
-                    )
-                    if trainer.cfg.engine.nan_guard and not torch.isfinite(loss).item():
-                        raise NonFiniteLossError(
-                            f"TST Stage II loss became {float(loss):.4g} at epoch {epoch + 1} pass {k + 1} "
-                            f"step {state['step']} (θ or unfrozen/unfitted encoders diverged); "
-                            f"{_kept(trainer)}"
-                        )
-                    loss_sum += loss.double() * len(batch)
-                    count += len(batch)
-                    state["step"] += 1
-                    self.search_steps += 1
-                    if every and state["step"] % every == 0 and state["step"] < steps:
-                        state["loss_sum"], state["count"] = loss_sum.cpu(), count.cpu()
-                        trainer.save_checkpoint()
-                totals = D.all_reduce_sum(torch.stack([loss_sum, count]))
+                self._run_pass(trainer, policy, student, optimizer, steps)
+                totals = D.all_reduce_sum(torch.stack([state["loss_sum"], state["count"]]))
                 mean = float(totals[0] / totals[1].clamp_min(1))
                 alrs.step(mean)
                 state["pass_losses"].append(mean)
                 state["pass"] += 1
                 state["step"] = 0
-                loss_sum.zero_()
-                count.zero_()
+                state["loss_sum"].zero_()
+                state["count"].zero_()
                 self._record(trainer, epoch, state["pass"], mean, optimizer.param_groups[0]["lr"])
         self.calls += 1
         trainer.meters.add("tst_search_loss", sum(state["pass_losses"]) / max(len(state["pass_losses"]), 1))
         trainer.meters.add("tst_search_lr", optimizer.param_groups[0]["lr"])
         self._search, self._live = None, None
+
+    def _run_pass(
+        self,
+        trainer: Any,
+        policy: TSTPolicy,
+        student: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        steps: int,
+    ) -> None:
+        """The rest of the current pass, from `state["step"]`, checkpointing every N iterations."""
+        state = self._search
+        assert state is not None
+        epoch, k = state["epoch"], state["pass"]
+        every = trainer.cfg.engine.checkpoint_every_iters
+        for batch in trainer.loader.epoch(SEARCH_KEY + epoch * 1000 + k, state["step"]):
+            if state["step"] >= steps:
+                break
+            loss = search_step(
+                policy,
+                student,
+                trainer.teacher,
+                batch.images,
+                batch.labels,
+                optimizer,
+                self.alpha,
+                self.beta,
+                self.clip_grad_norm,
+                trainer.autocast,
+            )
+            if trainer.cfg.engine.nan_guard and not torch.isfinite(loss).item():
+                raise NonFiniteLossError(
+                    f"TST Stage II loss became {float(loss):.4g} at epoch {epoch + 1} pass {k + 1} "
+                    f"step {state['step']} (θ or unfrozen/unfitted encoders diverged); {_kept(trainer)}"
+                )
+            state["loss_sum"] += loss.double() * len(batch)
+            state["count"] += len(batch)
+            state["step"] += 1
+            self.search_steps += 1
+            if every and state["step"] % every == 0 and state["step"] < steps:
+                trainer.save_checkpoint()  # extra_state() carries this call's progress
 
     # ------------------------------------------------------------------ policy log
     def policy_rows(
@@ -251,8 +263,14 @@ class TSTAugmenter(Augmenter):
         search = None
         if self._search is not None and self._live is not None:
             optimizer, alrs = self._live
-            search = {**self._search, "optimizer": optimizer.state_dict(), "alrs": alrs.state_dict()}
-            search["pass_losses"] = list(search["pass_losses"])
+            search = {
+                **self._search,
+                "loss_sum": self._search["loss_sum"].cpu(),
+                "count": self._search["count"].cpu(),
+                "pass_losses": list(self._search["pass_losses"]),
+                "optimizer": optimizer.state_dict(),
+                "alrs": alrs.state_dict(),
+            }
         return {
             "history": [dict(r) for r in self.history],
             "calls": self.calls,
