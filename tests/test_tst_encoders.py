@@ -66,6 +66,18 @@ def test_spatial_encoder_warps_with_its_matrix() -> None:
     assert torch.all(out[..., -1] < x[..., -1])  # past the border: zero padding mixes in
 
 
+def test_spatial_encoder_gates_each_sample_towards_identity_with_probability_half() -> None:
+    torch.manual_seed(4)
+    encoder = SpatialEncoder()
+    with torch.no_grad():
+        encoder.fc.bias.copy_(torch.tensor([1.0, 0.4, 0.0, 0.0, 1.0, 0.0]))  # a shear
+    theta = encoder.matrix(0.5, 20000, random=True)
+    gate = theta[:, 0, 1] / 0.4  # A = (1 − b)·I + b·A_shear
+    torch.testing.assert_close(theta[:, 1, 1], torch.ones(20000))
+    assert abs((gate > 0.5).float().mean().item() - 0.5) < 0.015
+    assert ((gate < 0.01) | (gate > 0.99)).float().mean().item() > 0.85  # near-binary (τ = 0.05)
+
+
 def test_color_encoder_masks_only_zero_padding_rows_and_columns() -> None:
     x = torch.rand(2, 3, 8, 8) + 0.1
     x[:, :, 6:, :] = 0  # two all-zero rows (what a vertical translation leaves)
