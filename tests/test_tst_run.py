@@ -4,6 +4,7 @@ the policy plot is drawn, diverging no-prior encoders stop with a one-line error
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import pytest
@@ -95,7 +96,8 @@ def test_no_prior_unfrozen_encoders_diverge_into_the_nan_guard(teacher: Path, tm
     with pytest.raises(NonFiniteLossError) as caught:
         build_trainer(cfg, "distill").fit()
     message = str(caught.value)
-    assert "\n" not in message and "became nan at epoch 2 step 0" in message and "last.pt" in message
+    assert "\n" not in message and "last.pt" in message
+    assert re.match(r"loss term '(ce|kd)' became (nan|inf|-inf) at epoch 2 step \d+", message), message
     assert load_checkpoint(out / "last.pt")["epoch"] == 1  # the last good state is kept
     # A faster blow-up is caught inside Stage II by the same engine.nan_guard.
     cfg = tst_config(tmp_path / "run2", teacher, None, {**changes, "lr": 1e25}, epochs=2, events=[
