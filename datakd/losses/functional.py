@@ -298,3 +298,28 @@ def wsl(
             ratio = torch.where(ce_t > 0, ce_s / ce_t, torch.where(ce_s > 0, torch.inf, 0.0))
         weight = 1.0 - torch.exp(-ratio.clamp_min(0.0))
     return temperature**2 * (weight * soft_ce).mean()
+
+
+def tst_search_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    eps: float = 1e-8,
+    reduction: str = "batchmean",
+) -> torch.Tensor:
+    """TST Stage II objective (Eq. 2), minimised over the augmentation with both networks frozen:
+    α·CE(teacher(x̂), y) + β·(−log(1 − p_S(y | x̂) + eps)), temperature 1.
+
+    Low when the teacher still recognises x̂ and the student does not; the second term is bounded below by
+    −log(1 + eps) ≈ 0 and stays finite when the student is certain (p_S = 1 gives −log(eps)).
+    """
+    wide = student_logits.dtype == torch.float64  # keep float64 (gradient checks); else compute in float32
+    ce_teacher = F.cross_entropy(
+        teacher_logits.double() if wide else teacher_logits.float(), labels, reduction="none"
+    )
+    p_student = F.softmax(student_logits if wide else student_logits.float(), dim=1)
+    p_student = p_student.gather(1, labels.view(-1, 1)).squeeze(1)
+    per_sample = alpha * ce_teacher - beta * torch.log(1.0 - p_student + eps)
+    return _reduce(per_sample, reduction)

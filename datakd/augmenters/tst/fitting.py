@@ -1,0 +1,379 @@
+"""Stage I (spec §1.5): fit each meta-encoder to its hand-made op by MSE, and store the result.
+
+For every magnitude op, independently: draw one m ~ U(0, 1) per batch, flip its sign half of the time for
+signed ops, take the op's value for bin ⌊10|m|⌋, make the target with the uint8 op (denormalise → op →
+renormalise) and regress the encoder's output on the normalised batch onto it (MSE, AdamW lr 1e-3, wd 0.01
+for STN / 0 for CN, ExponentialLR γ = 0.999 per iteration). CIFAR: STN 10 epochs, CN 20 epochs, batch 64.
+
+The fitted encoders go into one file together with a content hash of the fitting settings and the data's
+identity (dataset, options, image geometry, normalisation, a digest of the images), so `datakd tst fit`
+re-uses a file whose hash matches instead of fitting again. The file also stores, per op, the seconds spent
+and the MSE on a fixed batch before and after fitting (and of doing nothing), so its quality is on record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from datakd.augmenters.tst.encoders import make_encoder
+from datakd.augmenters.tst.ops import AFFINE_OPS, MAGNITUDE_OPS, SIGNED, magnitude_value, op_index
+from datakd.augmenters.tst.ops import apply_pixel_op as pixel_op
+from datakd.checkpoint import atomic_save, load_checkpoint
+from datakd.config import DataConfig
+from datakd.data.base import DatasetBundle, ImageArrays
+from datakd.data.build import load_dataset, make_normalizer, train_loader
+from datakd.data.loaders import EvalLoader, Normalizer, derive_seed
+from datakd.data.splits import take_subset
+from datakd.errors import ConfigError, DatakdError, choice_error
+
+FILE_FORMAT = "datakd-tst-encoders"
+FILE_VERSION = 1
+
+
+@dataclass
+class FitConfig:
+    """Stage I settings (defaults = the authors' CIFAR settings)."""
+
+    epochs_spatial: int = 10
+    epochs_color: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay_spatial: float = 0.01
+    weight_decay_color: float = 0.0
+    gamma: float = 0.999
+    # Fit on a stratified subset of the training split: a count, or a fraction < 1 (ImageNet code: 0.1).
+    subset: float | None = None
+    # Crop size for file datasets (the ImageNet code fits at 56×56); in-memory datasets keep their size.
+    image_size: int | None = None
+    # Stop each op after this many iterations (quick fits, tests); None = the full epochs.
+    max_iters: int | None = None
+    eval_images: int = 256
+    seed: int = 0
+    ops: list[str] = field(default_factory=lambda: list(MAGNITUDE_OPS))
+
+    def __post_init__(self) -> None:
+        for name in ("epochs_spatial", "epochs_color", "batch_size", "eval_images"):
+            value = getattr(self, name)
+            smallest = 0 if name.startswith("epochs") else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < smallest:
+                raise ConfigError(f"tst.fit.{name} must be an integer >= {smallest}, got {value!r}")
+        if self.lr <= 0 or not 0 < self.gamma <= 1:
+            raise ConfigError(f"tst.fit: lr must be > 0 and gamma in (0, 1], got {self.lr}, {self.gamma}")
+        if self.max_iters is not None and self.max_iters < 1:
+            raise ConfigError(f"tst.fit.max_iters must be at least 1, got {self.max_iters}")
+        if self.subset is not None and self.subset <= 0:
+            raise ConfigError(f"tst.fit.subset must be a positive count or fraction, got {self.subset}")
+        self.ops = list(self.ops)
+        for op in self.ops:
+            if op not in MAGNITUDE_OPS:
+                raise choice_error("tst.fit op", op, MAGNITUDE_OPS, ConfigError)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> FitConfig:
+        """Build from a recipe mapping; unknown keys fail with the valid ones."""
+        values = dict(values or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in names:
+                raise choice_error("tst.fit key", key, names, ConfigError)
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigError(f"tst.fit: {exc}") from None
+
+    def epochs_for(self, op: str) -> int:
+        return self.epochs_spatial if op in AFFINE_OPS else self.epochs_color
+
+    def weight_decay_for(self, op: str) -> float:
+        return self.weight_decay_spatial if op in AFFINE_OPS else self.weight_decay_color
+
+
+@dataclass
+class FitData:
+    """What fitting needs from a dataset: a training loader, the normaliser, a fixed evaluation batch."""
+
+    loader: Any
+    normalizer: Normalizer
+    eval_images: torch.Tensor
+    identity: dict[str, Any]
+    device: torch.device
+
+    @property
+    def channels(self) -> int:
+        return int(self.eval_images.shape[1])
+
+
+def _subset_size(subset: float | None, total: int) -> int | None:
+    if subset is None:
+        return None
+    n = round(subset * total) if subset < 1 else int(subset)
+    if not 1 <= n <= total:
+        raise ConfigError(f"tst.fit.subset {subset} selects {n} of {total} training images")
+    return n
+
+
+def _content_digest(bundle: DatasetBundle) -> str:
+    digest = hashlib.sha1()
+    train = bundle.train
+    if isinstance(train, ImageArrays):
+        digest.update(train.images.contiguous().numpy().tobytes())
+    else:
+        for path in train.paths:
+            digest.update(f"{Path(path).parent.name}/{Path(path).name}\n".encode())
+    digest.update(train.labels.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def prepare_data(data_cfg: DataConfig, fit: FitConfig, device: torch.device) -> FitData:
+    """Load the training split the way a run would (crop + flip, normalised) for fitting."""
+    cfg = replace(data_cfg, batch_size=fit.batch_size, train_subset=None)
+    if fit.image_size is not None:
+        cfg = replace(cfg, image_size=fit.image_size)
+    bundle, _ = load_dataset(cfg, fit.seed)
+    n = _subset_size(fit.subset, len(bundle.train)) or data_cfg.train_subset
+    if n:
+        bundle = replace(bundle, train=take_subset(bundle.train, n, fit.seed))
+    normalizer = make_normalizer(bundle, device)
+    loader = train_loader(cfg, bundle, normalizer, device, fit.seed)
+    augment = bundle.default_augment if cfg.augment == "default" else cfg.augment
+    count = min(fit.eval_images, len(bundle.train))
+    head = bundle.train.subset(torch.arange(count))
+    eval_aug = "imagenet" if augment == "imagenet" else "none"
+    evaluator = EvalLoader(head, count, normalizer, device, cfg.workers, cfg.image_size, eval_aug)
+    eval_images = next(iter(evaluator)).images
+    identity = {
+        "dataset": bundle.name,
+        "options": dict(cfg.options),
+        "val_size": cfg.val_size,
+        "num_train": len(bundle.train),
+        "channels": int(eval_images.shape[1]),
+        "height": int(eval_images.shape[2]),
+        "width": int(eval_images.shape[3]),
+        "mean": [round(float(v), 6) for v in bundle.mean],
+        "std": [round(float(v), 6) for v in bundle.std],
+        "augment": augment,
+        "crop_padding": cfg.crop_padding,
+        "content_sha1": _content_digest(bundle),
+    }
+    return FitData(loader, normalizer, eval_images, identity, device)
+
+
+def content_hash(fit: FitConfig, identity: dict[str, Any]) -> str:
+    """Hash of everything that determines a fit (settings + data), the cache key of an encoders file."""
+    text = json.dumps(
+        {"version": FILE_VERSION, "fit": dataclasses.asdict(fit), "data": identity}, sort_keys=True
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _target(normalizer: Normalizer, images: torch.Tensor, op: str, value: float) -> torch.Tensor:
+    return normalizer(pixel_op(normalizer.inverse(images), op, value)).contiguous()
+
+
+def _eval_grid(op: str) -> list[float]:
+    """Bin-centre magnitudes, both signs for signed ops: the fixed magnitudes evaluation uses."""
+    centres = [(k + 0.5) / 10 for k in range(10)]
+    return centres + [-m for m in centres] if op in SIGNED else centres
+
+
+class _Evaluator:
+    """MSE of an encoder on the fixed batch over all bins (targets computed once)."""
+
+    def __init__(self, data: FitData, op: str) -> None:
+        h, w = data.eval_images.shape[-2:]
+        self.cases = []
+        for m in _eval_grid(op):
+            target = _target(data.normalizer, data.eval_images, op, magnitude_value(op, m, h, w))
+            self.cases.append((m, target))
+        self.images = data.eval_images
+
+    def identity_mse(self) -> float:
+        return sum(F.mse_loss(self.images, t).item() for _, t in self.cases) / len(self.cases)
+
+    @torch.no_grad()
+    def __call__(self, encoder: torch.nn.Module) -> float:
+        total = 0.0
+        for m, target in self.cases:
+            total += F.mse_loss(encoder(self.images, m, random=False), target).item()
+        return total / len(self.cases)
+
+
+def fit_op(
+    op: str, data: FitData, fit: FitConfig, say: Callable[[str], None] | None = None
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Fit one meta-encoder; returns it (frozen, eval) and its report."""
+    index = op_index(op)
+    devices = [data.device] if data.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(derive_seed(fit.seed, index))
+        encoder = make_encoder(op, data.channels).to(data.device)
+        evaluator = _Evaluator(data, op)
+        report: dict[str, Any] = {
+            "op": op,
+            "kind": "STN" if op in AFFINE_OPS else "CN",
+            "mse_identity": evaluator.identity_mse(),
+            "mse_init": evaluator(encoder),
+        }
+        optimizer = torch.optim.AdamW(encoder.parameters(), lr=fit.lr, weight_decay=fit.weight_decay_for(op))
+        schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=fit.gamma)
+        draws = torch.Generator().manual_seed(derive_seed(fit.seed, index, 0x51A6E1))
+        height, width = data.eval_images.shape[-2:]
+        losses: list[torch.Tensor] = []
+        started = time.perf_counter()
+        budget = fit.max_iters if fit.max_iters is not None else math.inf
+        encoder.train()
+        for epoch in range(fit.epochs_for(op)):
+            for batch in data.loader.epoch(epoch):
+                if len(losses) >= budget:
+                    break
+                m = float(torch.rand(1, generator=draws))
+                if op in SIGNED and int(torch.randint(2, (1,), generator=draws)):
+                    m = -m
+                target = _target(data.normalizer, batch.images, op, magnitude_value(op, m, height, width))
+                loss = F.mse_loss(encoder(batch.images, m, random=False), target)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                losses.append(loss.detach())
+        seconds = time.perf_counter() - started
+        encoder.eval()
+        encoder.requires_grad_(False)
+        tail = max(1, len(losses) // 10)
+        report.update(
+            {
+                "iters": len(losses),
+                "seconds": seconds,
+                "mse_final": evaluator(encoder),
+                "train_mse_last": float(torch.stack(losses[-tail:]).mean()) if losses else float("nan"),
+            }
+        )
+    if say is not None:
+        say(
+            f"tst fit {op:<10} {report['kind']}  {report['iters']} iters  {seconds:.1f}s  "
+            f"MSE {report['mse_init']:.4f} -> {report['mse_final']:.4f} "
+            f"(identity {report['mse_identity']:.4f})"
+        )
+    return encoder, report
+
+
+def fit_encoders(data: FitData, fit: FitConfig, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Fit every op of `fit.ops`; returns the encoders-file payload (see `save_encoders`)."""
+    encoders, reports = {}, {}
+    for op in fit.ops:
+        encoder, report = fit_op(op, data, fit, say)
+        encoders[op] = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
+        reports[op] = report
+    return {
+        "format": FILE_FORMAT,
+        "version": FILE_VERSION,
+        "hash": content_hash(fit, data.identity),
+        "fit": dataclasses.asdict(fit),
+        "data": data.identity,
+        "encoders": encoders,
+        "report": reports,
+    }
+
+
+def save_encoders(payload: dict[str, Any], path: str | Path) -> None:
+    atomic_save(payload, path)
+
+
+def load_encoders(path: str | Path) -> dict[str, Any]:
+    """Read an encoders file written by `datakd tst fit`, with a one-line error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatakdError(
+            f"TST encoders file {str(path)!r} not found; fit it first with "
+            f"`datakd tst fit --config RECIPE --data-root DIR` (writes augmenter.encoders)"
+        )
+    payload = load_checkpoint(path)
+    if payload.get("format") != FILE_FORMAT:
+        raise DatakdError(f"{str(path)!r} is not a TST encoders file (written by `datakd tst fit`)")
+    if payload.get("version") != FILE_VERSION:
+        raise DatakdError(
+            f"TST encoders file {str(path)!r} has version {payload.get('version')}, this datakd reads "
+            f"{FILE_VERSION}; fit it again"
+        )
+    return payload
+
+
+def fit_or_load(
+    path: str | Path,
+    data_cfg: DataConfig,
+    fit: FitConfig,
+    device: torch.device,
+    force: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """The encoders for (data, fit): re-used from `path` when its hash matches, else fitted and saved.
+
+    Returns (payload, cached).
+    """
+    data = prepare_data(data_cfg, fit, device)
+    wanted = content_hash(fit, data.identity)
+    path = Path(path)
+    if path.is_file() and not force:
+        try:
+            stored = load_encoders(path)
+        except DatakdError:
+            stored = {}
+        if stored.get("hash") == wanted:
+            return stored, True
+        if say is not None:
+            say(
+                f"tst fit: {path} holds a fit of other settings or data "
+                f"(hash {stored.get('hash')}, wanted {wanted}); fitting again"
+            )
+    payload = fit_encoders(data, fit, say)
+    save_encoders(payload, path)
+    return payload, False
+
+
+def check_compatible(
+    payload: dict[str, Any], mean: tuple[float, ...], std: tuple[float, ...], channels: int, source: str
+) -> None:
+    """Encoders act on normalised tensors: the run's normalisation and channels must be the fitted ones."""
+    data = payload["data"]
+    same = (
+        data["channels"] == channels
+        and len(data["mean"]) == len(mean)
+        and all(abs(a - b) < 1e-4 for a, b in zip(data["mean"], mean))
+        and all(abs(a - b) < 1e-4 for a, b in zip(data["std"], std))
+    )
+    if not same:
+        raise DatakdError(
+            f"TST encoders {source!r} were fitted on {data['dataset']} ({data['channels']} channels, mean "
+            f"{data['mean']}, std {data['std']}), but this run normalises {channels} channels with mean "
+            f"{[round(v, 4) for v in mean]}, std {[round(v, 4) for v in std]}; fit encoders for this data"
+        )
+
+
+def format_report(payload: dict[str, Any]) -> str:
+    """The per-op table: kind, iterations, seconds, MSE of doing nothing / before / after fitting."""
+    lines = [
+        f"TST encoders {payload['hash']}  data {payload['data']['dataset']} "
+        f"({payload['data']['num_train']} images, {payload['data']['height']}x{payload['data']['width']})",
+        f"{'op':<11}{'kind':<6}{'iters':>7}{'seconds':>9}{'MSE id':>10}{'MSE init':>10}{'MSE fit':>10}"
+        f"{'train MSE':>11}",
+    ]
+    total = 0.0
+    for op, r in payload["report"].items():
+        total += r["seconds"]
+        lines.append(
+            f"{op:<11}{r['kind']:<6}{r['iters']:>7}{r['seconds']:>9.1f}{r['mse_identity']:>10.4f}"
+            f"{r['mse_init']:>10.4f}{r['mse_final']:>10.4f}{r['train_mse_last']:>11.4f}"
+        )
+    lines.append(f"total {total:.1f}s  (MSE id = doing nothing; MSE on a fixed batch over all bins)")
+    return "\n".join(lines)
