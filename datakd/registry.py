@@ -83,7 +83,13 @@ def describe(obj: object) -> str:
 
 def accepted_kwargs(factory: object) -> set[str] | None:
     """Names a callable accepts as keywords, or None when it takes **kwargs."""
-    target = factory.__init__ if inspect.isclass(factory) else factory  # type: ignore[misc]
+    if inspect.isclass(factory):
+        owner = next((c for c in factory.__mro__ if "__init__" in vars(c)), object)
+        if owner.__module__.startswith("torch.") or owner is object:
+            return set()  # no constructor of its own: it takes no options
+        target = factory.__init__  # type: ignore[misc]
+    else:
+        target = factory
     params = inspect.signature(target).parameters  # type: ignore[arg-type]
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return None

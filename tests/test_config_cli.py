@@ -114,3 +114,10 @@ def test_python_dash_m_help() -> None:
     assert out.returncode == 0
     for command in ("quickstart", "train", "distill", "eval", "list"):
         assert command in out.stdout
+
+
+def test_options_of_entries_without_a_constructor_are_rejected() -> None:
+    from datakd.augmenters.base import build_augmenter
+
+    with pytest.raises(ConfigError, match=r"option of augmenter 'none': 'foo'"):
+        build_augmenter({"name": "none", "foo": 1})
