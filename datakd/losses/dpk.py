@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datakd.engine import distributed as D
 from datakd.engine.context import SetupContext, TermInputs
 from datakd.errors import ConfigError, DatakdError, choice_error
 from datakd.losses.base import LossTerm, as_list, register_loss
@@ -179,10 +180,14 @@ class DynamicPriorKnowledge(LossTerm):
                 raise DatakdError(f"dpk: student tap {s_tap!r} is listed twice")
             self.stages[key] = build_transform(self.transform, spec)
             self.pairs.append(StagePair(key, s_tap, t_tap, spec))
-        if self.ratio == "cka" and ctx.batch_size < MIN_SAMPLES:
+        # Under DDP each rank computes CKA on its own slice of the global batch, so the bound is per rank.
+        world = D.world_size()
+        local = ctx.batch_size // world
+        if self.ratio == "cka" and local < MIN_SAMPLES:
+            where = f" over {world} processes gives {local} per process" if world > 1 else ""
             raise DatakdError(
-                f"dpk.ratio=cka needs batches of at least {MIN_SAMPLES} (unbiased HSIC), "
-                f"but data.batch_size is {ctx.batch_size}"
+                f"dpk.ratio=cka needs batches of at least {MIN_SAMPLES} per process (unbiased HSIC), "
+                f"but data.batch_size is {ctx.batch_size}{where}"
             )
         # Running HSIC sums (cka_window=epoch) and the last π per stage (reused for a trailing batch of
         # fewer than 4 samples); buffers, so a mid-epoch resume continues exactly.
