@@ -348,6 +348,9 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=EPOCHS, help=f"student epochs (protocol: {EPOCHS})")
     parser.add_argument("--teacher-epochs", type=int, default=TEACHER_EPOCHS)
     parser.add_argument("--train-subset", type=int, default=TRAIN_SUBSET)
+    parser.add_argument(
+        "--aggregate-only", action="store_true", help="only rewrite the table from the finished runs"
+    )
     args = parser.parse_args()
     set_budget(args.epochs, args.teacher_epochs, args.train_subset)
     started = time.perf_counter()
@@ -382,6 +385,8 @@ def main() -> int:
         print(f"{arm} seed {run.seed}: {state} in {time.perf_counter() - t0:.0f} s", flush=True)
         return code
 
+    if args.aggregate_only:
+        todo = []
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         codes = list(pool.map(one, todo))
 
