@@ -167,19 +167,25 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def teacher_config(model: str, data_root: Path) -> dict[str, Any]:
+def base_config(name: str, model: str, epochs: int, data_root: Path) -> dict[str, Any]:
+    """What teachers and students share: data, optimizer, schedule."""
     return {
-        "name": f"fmnist-teacher-{model}",
+        "name": name,
         "seed": 0,
         "device": "cpu",
-        "epochs": TEACHER_EPOCHS,
+        "epochs": epochs,
         "data": {**copy.deepcopy(DATA), "root": str(data_root)},
         "student": {"name": model, "kwargs": GRAY},
         "optim": OPTIM,
         "schedule": SCHEDULE,
-        "loss": {"ce": {"weight": 1.0}},
         "engine": {"tensorboard": False},
     }
+
+
+def teacher_config(model: str, data_root: Path) -> dict[str, Any]:
+    cfg = base_config(f"fmnist-teacher-{model}", model, TEACHER_EPOCHS, data_root)
+    cfg["loss"] = {"ce": {"weight": 1.0}}
+    return cfg
 
 
 def content_hash(cfg: dict[str, Any], data_root: Path) -> str:
@@ -236,17 +242,7 @@ def train_teachers(out: Path, data_root: Path, jobs: int, threads: int) -> dict[
 def arm_recipe(arm: str, out: Path, data_root: Path, teachers: dict[str, Path]) -> tuple[Path, str]:
     spec = copy.deepcopy(ARMS[arm])
     role = spec.pop("teacher_role", "main")
-    values: dict[str, Any] = {
-        "name": f"fmnist-{arm}",
-        "seed": 0,
-        "device": "cpu",
-        "epochs": EPOCHS,
-        "data": {**copy.deepcopy(DATA), "root": str(data_root)},
-        "student": {"name": STUDENT, "kwargs": GRAY},
-        "optim": OPTIM,
-        "schedule": SCHEDULE,
-        "engine": {"tensorboard": False},
-    }
+    values = base_config(f"fmnist-{arm}", STUDENT, EPOCHS, data_root)
     mode = "train"
     if arm != "ce":
         values["teacher"] = {"name": TEACHERS[role], "kwargs": GRAY, "checkpoint": str(teachers[role])}
