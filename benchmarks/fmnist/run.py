@@ -410,8 +410,13 @@ def main() -> int:
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         codes = list(pool.map(one, todo))
 
+    # The table covers this invocation's arms and every arm an earlier invocation ran into the same OUT.
+    shown = [a for a in ARMS if a in arms or (out / "arms" / a).is_dir()]
     rows = {}
-    for arm in arms:
+    for arm in shown:
+        if arm not in recipes:
+            recipes[arm] = arm_recipe(arm, out, data_root, teachers)
+            runs[arm] = plan(out / "arms" / arm, seeds, [])
         write_results(out / "arms" / arm, recipes[arm][0], recipes[arm][1], runs[arm], [])
         rows[arm] = aggregate(runs[arm])[0]
     command = "python benchmarks/fmnist/run.py " + shlex.join(sys.argv[1:])
