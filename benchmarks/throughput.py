@@ -70,6 +70,8 @@ METHODS: dict[str, tuple[str | None, dict]] = {
     "tlcutmix": (f"{R}/tl/resnet56_resnet20/tlcutmix.yaml", {}),
     "tlcutmix_pick": (f"{R}/tl/resnet56_resnet20/pick.yaml", {}),
     "tst": (f"{R}/tst/resnet110-resnet20.yaml", {}),
+    # Stage II: one search step (teacher and student frozen, θ_p/θ_m updated) instead of a training step.
+    "tst_stage2": (f"{R}/tst/resnet110-resnet20.yaml", {}),
     "iikd": (f"{R}/rolewise/alexnet_cifar_w4a4_iikd.yaml", {}),
     "effdstl_wsl": (f"{R}/effdstl/effdstl.yaml", {}),
     "effdstl_ckm": (
@@ -154,6 +156,8 @@ def time_trainer(
     trainer = build_trainer(config_from_dict(values), mode)
     trainer.student.train()
     device = trainer.device
+    if method == "tst_stage2":
+        return time_tst_search(trainer, args)
     warmup, steps, done, images = args.warmup, args.steps, 0, 0
     start = None
     epoch = 0
@@ -171,6 +175,16 @@ def time_trainer(
         epoch += 1
     sync(device)
     return images / (time.perf_counter() - start)
+
+
+def time_tst_search(trainer, args: argparse.Namespace) -> float:
+    """TST Stage II throughput: `augmenter.search` capped at warm-up, then at the timed number of batches."""
+    trainer.augmenter.search(trainer, 0, 1, max_steps=max(1, args.warmup))
+    sync(trainer.device)
+    start = time.perf_counter()
+    trainer.augmenter.search(trainer, 1, 1, max_steps=args.steps)
+    sync(trainer.device)
+    return args.steps * args.batch_size / (time.perf_counter() - start)
 
 
 def time_compute_bound(args: argparse.Namespace, device: torch.device, num_classes: int) -> float:
@@ -284,6 +298,10 @@ def main() -> None:
     parser.add_argument("--teacher", default="resnet56")
     parser.add_argument("--student", default="resnet20")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"subset of {', '.join(METHODS)}")
+    parser.add_argument(
+        "--augmenter",
+        help="time KD and KD with each of these augmenters only (e.g. tlcutmix,tlcutmix_pick or tst)",
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
@@ -300,6 +318,10 @@ def main() -> None:
     parser.add_argument("--markdown", help="also write the table to this file (it always goes to stderr)")
     args = parser.parse_args()
     methods = [m for m in args.methods.split(",") if m]
+    if args.augmenter:
+        methods = ["kd", *[a for a in args.augmenter.split(",") if a]]
+        if "tst" in methods:
+            methods.append("tst_stage2")
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
