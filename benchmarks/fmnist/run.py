@@ -35,10 +35,10 @@ from datakd.sweep import SweepRun, aggregate, command_for, plan, run_state, writ
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[2] / "shared" / "data" / "fashion-mnist"
 
-# Why these sizes: 30 student runs (10 arms × 3 seeds) plus two teachers must fit in about two hours on two
+# Why these sizes: 30 student runs (10 arms × 3 seeds) plus two teachers must fit in about an hour on two
 # cores, so the student is the zoo's smallest ResNet and the data a fixed 4k-image slice at 28×28; evaluating
 # every epoch on 5k test images (not all 10k) keeps evaluation under a tenth of a run.
-EPOCHS = 10
+EPOCHS = 6
 TEACHER_EPOCHS = 15
 TRAIN_SUBSET = 4000
 TEST_SUBSET = 5000
@@ -72,8 +72,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "dkd": {
         "loss": {
             "ce": {"weight": 1.0},
-            # 20 of 240 warm-up epochs → 1 of 10.
-            "dkd": {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup_epochs": 1.0},
+            # 20 of 240 warm-up epochs → half of one of 6.
+            "dkd": {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup_epochs": 0.5},
         }
     },
     "dist": {
@@ -89,7 +89,7 @@ ARMS: dict[str, dict[str, Any]] = {
     },
     "tst": {
         # Stage III trains on [f_DE(x) ‖ x] with ½·KD on each half (w_ce = w_kl = 1, τ = 4); Stage II searches
-        # for one pass at 30/240 and 90/240 of training → epochs 1 and 4 of 10.
+        # for one pass at 30/240 and 90/240 of training → the start of epochs 1 and 2 of 6 (0.75, 2.25).
         "loss": {"ce": {"weight": 1.0}, "kd": {"weight": 1.0, "temperature": 4.0}},
         "augmenter": {
             "name": "tst",
@@ -97,7 +97,7 @@ ARMS: dict[str, dict[str, Any]] = {
             "num_ops": 4,
             "fit": {"epochs_spatial": 10, "epochs_color": 10, "batch_size": 64, "subset": 3000, "lr": 0.005},
         },
-        "events": [{"name": "tst_search", "at": [1, 4], "epochs": 1}],
+        "events": [{"name": "tst_search", "at": [1, 2], "epochs": 1}],
     },
     "iikd": {
         # "Only II-KD": CE + 0.4·(RKD on logits + KD-SVD + MHGD over the stage taps), the distillation
@@ -105,7 +105,7 @@ ARMS: dict[str, dict[str, Any]] = {
         "loss": {"ce": {"weight": 1.0}, "iikd": {"weight": 0.4}},
     },
     "wsl_ckm": {
-        # EffDstl: stage 1 = CE(ε=0.1) + 0.5·WSL(τ=2) from the weak teacher for 80 % of the epochs; stage 2
+        # EffDstl: stage 1 = CE(ε=0.1) + 0.5·WSL(τ=2) from the weak teacher for 5 of 6 epochs; stage 2
         # switches to the main teacher (the one every other arm uses, so this arm never sees a stronger
         # one), a fresh SGD at a tenth of the lr with wd 0 on a cosine, and consistent knowledge mining.
         "teacher_role": "weak",
@@ -118,13 +118,13 @@ ARMS: dict[str, dict[str, Any]] = {
         "events": [
             {
                 "name": "switch_teacher",
-                "at": 8,
+                "at": 5,
                 "checkpoint": "{teacher:main}",
                 "model": TEACHERS["main"],
                 "optim": {"lr": 0.01, "weight_decay": 0.0},
                 "schedule": {"name": "cosine"},
             },
-            {"name": "set_loss_weights", "at": 8, "weights": {"ce": 0.0, "wsl": 0.0, "ckm": 1.0}},
+            {"name": "set_loss_weights", "at": 5, "weights": {"ce": 0.0, "wsl": 0.0, "ckm": 1.0}},
         ],
     },
     "dpk": {
