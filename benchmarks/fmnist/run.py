@@ -329,7 +329,8 @@ def results_markdown(
         "",
         "top-1 is mean ± sample std over seeds; *last* = after the final epoch (the number to quote), "
         "*best* = the best epoch on the test split (optimistic; shown because some papers report it). "
-        "img/s = training images per second of one run (one thread per run, two runs at a time).",
+        "img/s = training images per second of one run (one torch thread per run, two runs at a time); "
+        "it is a cost indication, not a speed benchmark (use benchmarks/throughput.py for that).",
         "",
         "| arm | seeds | top-1 last | top-1 best | Δ last vs CE | Δ last vs KD | top-5 last | img/s |",
         "|---|---|---|---|---|---|---|---|",
