@@ -150,10 +150,12 @@ ARMS: dict[str, dict[str, Any]] = {
 
 
 # The comparisons the method issues ask for beyond the ten headline arms (run them with --arms): TST with
-# a fixed f_DE (Table 5's "learnable: no"), WSL alone (EffDstl's stage 1 for the whole run, from the main
-# teacher), FitNet and DPK with a fixed π (DPK Table 6).
+# a fixed f_DE (Table 5's "learnable: no"), DKD with β = 2, WSL alone (EffDstl's stage 1 for the whole run,
+# from the main teacher), FitNet and DPK with a fixed π (DPK Table 6).
 EXTRA_ARMS: dict[str, dict[str, Any]] = {
     "tst_fixed": {**copy.deepcopy(ARMS["tst"]), "events": []},
+    # mdistiller's per-pair β for same-family ResNets (the CIFAR recipe of ResNet-56 → ResNet-20).
+    "dkd_beta2": {"loss": {"ce": {"weight": 1.0}, "dkd": {**ARMS["dkd"]["loss"]["dkd"], "beta": 2.0}}},
     "wsl": {
         "loss": {
             "ce": {"weight": 1.0, "label_smoothing": 0.1},
