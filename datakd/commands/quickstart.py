@@ -21,7 +21,9 @@ class Quickstart(Command):
             "--data-root", help="run the same protocol on the Fashion-MNIST IDX files found here"
         )
         parser.add_argument("--seed", type=int, default=0)
-        parser.add_argument("--epochs", type=int, help="epochs of every stage (default: teacher 15, students 6)")
+        parser.add_argument(
+            "--epochs", type=int, help="epochs of every stage (default: teacher 15, students 6)"
+        )
         parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
         parser.add_argument(
             "--resume", action="store_true", help="continue an interrupted quick start in --out"
