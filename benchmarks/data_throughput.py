@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import common
 from datakd.config import DataConfig
 from datakd.data.build import load_dataset, make_normalizer, train_loader
 
@@ -111,33 +112,8 @@ def main() -> None:
         worker_cfg = DataConfig(**{**cfg.__dict__, "loader": "workers"})
         worker_loader = train_loader(worker_cfg, bundle, norm, device, seed=0)
         result["workers_images_per_sec"] = timed(loop(worker_loader.epoch), args.batches, device)
-        from PIL import Image
-        from torch.utils.data import Dataset
-
-        arrays = bundle.train.images.permute(0, 2, 3, 1).numpy()
-        labels = bundle.train.labels.tolist()
-        transform = T.Compose(
-            [
-                T.RandomCrop(32, padding=4),
-                T.RandomHorizontalFlip(),
-                T.ToTensor(),
-                T.Normalize(bundle.mean, bundle.std),
-            ]
-        )
-
-        class PIL(Dataset):
-            def __len__(self) -> int:
-                return len(labels)
-
-            def __getitem__(self, i: int):
-                return transform(Image.fromarray(arrays[i])), labels[i]
-
-        ref_loader = DataLoader(
-            PIL(),
-            batch_size=args.batch_size,
-            shuffle=True,
-            num_workers=args.workers,
-            persistent_workers=args.workers > 0,
+        ref_loader = common.reference_loader(
+            bundle.train.images, bundle.train.labels, bundle.mean, bundle.std, args.batch_size, args.workers
         )
         result["reference_images_per_sec"] = timed(loop(lambda _e: iter(ref_loader)), args.batches, device)
         result["device_ratio"] = result["device_images_per_sec"] / result["reference_images_per_sec"]

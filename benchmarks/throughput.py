@@ -43,6 +43,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import common
 from datakd.checkpoint import atomic_save
 from datakd.config import config_from_dict
 from datakd.engine.build import build_trainer
@@ -83,20 +84,7 @@ METHODS: dict[str, tuple[str | None, dict]] = {
 
 
 def data_section(args: argparse.Namespace) -> dict:
-    if args.data_root:
-        return {
-            "dataset": args.dataset,
-            "root": args.data_root,
-            "batch_size": args.batch_size,
-            "augment": "crop_flip",
-        }
-    return {
-        "dataset": "quickstart",
-        "options": {"pad_to_32": True, "rgb": True},
-        "batch_size": args.batch_size,
-        "augment": "crop_flip",
-        "crop_padding": 4,
-    }
+    return common.data_section(args.data_root, args.batch_size, args.dataset)
 
 
 def sync(device: torch.device) -> None:
@@ -211,40 +199,19 @@ def time_compute_bound(args: argparse.Namespace, device: torch.device, num_class
 
 def time_reference(args: argparse.Namespace, device: torch.device) -> float:
     """RepDistiller's loop: PIL transforms on DataLoader workers, fp32, teacher no_grad, CE + KD."""
-    import torchvision.transforms as T
-    from PIL import Image
-    from torch.utils.data import DataLoader, Dataset
-
     from datakd.config import DataConfig
     from datakd.data.build import load_dataset
 
-    bundle, _ = load_dataset(DataConfig(**{k: v for k, v in data_section(args).items()}), seed=0)
-    arrays = bundle.train.images.permute(0, 2, 3, 1).contiguous().numpy()
-    labels = bundle.train.labels.tolist()
-    transform = T.Compose(
-        [
-            T.RandomCrop(32, padding=4),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize(bundle.mean, bundle.std),
-        ]
-    )
-
-    class PILDataset(Dataset):
-        def __len__(self) -> int:
-            return len(labels)
-
-        def __getitem__(self, i: int):
-            return transform(Image.fromarray(arrays[i])), labels[i]
-
-    loader = DataLoader(
-        PILDataset(),
-        batch_size=args.batch_size,
-        shuffle=True,
-        num_workers=args.workers,
+    bundle, _ = load_dataset(DataConfig(**data_section(args)), seed=0)
+    loader = common.reference_loader(
+        bundle.train.images,
+        bundle.train.labels,
+        bundle.mean,
+        bundle.std,
+        args.batch_size,
+        args.workers,
         pin_memory=device.type == "cuda",
         drop_last=True,
-        persistent_workers=args.workers > 0,
     )
     teacher = create(args.teacher, bundle.num_classes).to(device).eval()
     student = create(args.student, bundle.num_classes).to(device).train()

@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import common
 from datakd.checkpoint import atomic_save
 from datakd.config import config_from_dict
 from datakd.data.loaders import Batch
@@ -48,20 +49,7 @@ MODES = {
 
 
 def data_section(args: argparse.Namespace) -> dict[str, Any]:
-    if args.data_root:
-        return {
-            "dataset": "cifar100",
-            "root": args.data_root,
-            "batch_size": args.batch_size,
-            "augment": "crop_flip",
-        }
-    return {
-        "dataset": "quickstart",
-        "options": {"pad_to_32": True, "rgb": True},
-        "batch_size": args.batch_size,
-        "augment": "crop_flip",
-        "crop_padding": 4,
-    }
+    return common.data_section(args.data_root, args.batch_size)
 
 
 def make_trainer(args: argparse.Namespace, mode: str, teacher_ckpt: Path, workdir: Path) -> Trainer:
