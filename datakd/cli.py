@@ -27,9 +27,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, letting `key=value` overrides stand on both sides of flags.
+
+    argparse fills a `nargs="*"` positional from one contiguous run only, so `distill --config r.yaml a=1
+    --quiet b=2` would reject `b=2`; such left-over overrides join the command's in command-line order.
+    Anything else left over is still an error.
+    """
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        overrides = getattr(args, "overrides", None)
+        if overrides is None or any(e.startswith("-") or "=" not in e for e in extras):
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        args.overrides = [*overrides, *extras]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if not getattr(args, "_command", None):
         parser.print_help()
         return 2

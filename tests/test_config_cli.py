@@ -121,3 +121,16 @@ def test_options_of_entries_without_a_constructor_are_rejected() -> None:
 
     with pytest.raises(ConfigError, match=r"option of augmenter 'none': 'foo'"):
         build_augmenter({"name": "none", "foo": 1})
+
+
+def test_overrides_may_stand_on_both_sides_of_flags(capsys) -> None:
+    from datakd.cli import _parse, build_parser
+
+    parser = build_parser()
+    args = _parse(parser, ["distill", "--config", "r.yaml", "a=1", "--quiet", "b=2", "a=3"])
+    assert args.overrides == ["a=1", "b=2", "a=3"]  # command-line order: the last a= wins
+    assert args.quiet and args.config == "r.yaml"
+    for bad in (["distill", "--config", "r.yaml", "a=1", "--quiet", "--bogus"], ["list", "models", "x=1"]):
+        with pytest.raises(SystemExit):
+            _parse(parser, bad)
+        assert "unrecognized arguments" in capsys.readouterr().err
