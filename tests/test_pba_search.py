@@ -15,7 +15,7 @@ from datakd.config import load_config
 from datakd.data.build import load_dataset
 from datakd.engine.build import build_trainer
 from datakd.errors import ConfigError, DatakdError
-from datakd.pba.search import member_seed, prepare_spec, run_search
+from datakd.pba.search import concurrency_warning, member_seed, prepare_spec, run_search
 from tests.helpers import train_tiny_teacher
 
 RECIPE = """
@@ -77,6 +77,16 @@ def test_member_seed_is_stable_and_distinct():
     assert member_seed(0, "x_00000") == member_seed(0, "x_00000")
     assert len({member_seed(0, f"x_{i:05d}") for i in range(16)}) == 16
     assert member_seed(1, "x_00000") != member_seed(0, "x_00000")
+
+
+def test_asynchronous_search_on_too_few_slots_is_flagged():
+    two_cpus = {"CPU": 2.0}
+    text = concurrency_warning(two_cpus, 16, 1.0, 0.0, synch=False)
+    assert text is not None and "only 2 of the 16 members" in text and "--synch" in text
+    assert concurrency_warning(two_cpus, 16, 1.0, 0.0, synch=True) is None
+    assert concurrency_warning({"CPU": 16.0}, 16, 1.0, 0.0, synch=False) is None
+    # GPUs bound the slots too: 8 CPUs but one GPU at 0.25 per member is 4 at once.
+    assert "only 4 of the 16" in concurrency_warning({"CPU": 8.0, "GPU": 1.0}, 16, 0.5, 0.25, synch=False)
 
 
 def test_missing_ray_gives_install_hint(recipe, monkeypatch, capsys):

@@ -18,6 +18,7 @@ import copy
 import json
 import os
 import random
+import sys
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -156,6 +157,30 @@ def _init_ray(ray: Any, address: str | None, num_cpus: int | None, quiet: bool) 
     return True
 
 
+def concurrency_warning(
+    resources: dict[str, float], population: int, cpus_per_trial: float, gpus_per_trial: float, synch: bool
+) -> str | None:
+    """Why an asynchronous search on too few slots is weak, or None when it is not.
+
+    Ray Tune runs only as many members at once as the resources allow and does not time-slice them, so
+    with asynchronous PBT the first members train to the end before the rest start, and exploits compare
+    members that are many epochs apart. Synchronous PBT pauses every member at each interval instead.
+    """
+    if synch:
+        return None
+    limits = [resources.get("CPU", 0.0) / cpus_per_trial] if cpus_per_trial > 0 else []
+    if gpus_per_trial > 0:
+        limits.append(resources.get("GPU", 0.0) / gpus_per_trial)
+    slots = int(min(limits)) if limits else population
+    if slots >= population:
+        return None
+    return (
+        f"only {slots} of the {population} members can run at once on these resources; asynchronous PBT "
+        "would then compare members that are epochs apart. Pass --synch (or more resources / a smaller "
+        "--population) for a meaningful search."
+    )
+
+
 def _trial_id(result: Any) -> str:
     return str(result.metrics.get("trial_id", Path(str(result.path)).name))
 
@@ -198,6 +223,9 @@ def run_search(
         return config
 
     started = _init_ray(ray, address, num_cpus, quiet)
+    warning = concurrency_warning(ray.cluster_resources(), population, cpus_per_trial, gpus_per_trial, synch)
+    if warning:
+        print(f"datakd pba search: warning: {warning}", file=sys.stderr)
     try:
         scheduler = PopulationBasedTraining(
             time_attr="training_iteration",
