@@ -67,3 +67,18 @@ def test_recipes_match_their_generator(tmp_path, monkeypatch):
     assert [p.relative_to(tmp_path) for p in generated] == [p.relative_to(REPO / "recipes") for p in RECIPES]
     for new, old in zip(generated, RECIPES):
         assert new.read_text() == old.read_text(), old.name
+
+
+def test_fashion_mnist_rolewise_files_load_and_their_schedules_replay():
+    """The Stage-α/β Fashion-MNIST recipes and schedules that docs/methods/rolewise.md measures."""
+    folder = REPO / "benchmarks" / "fmnist" / "rolewise"
+    student = load_config(folder / "student_w4a4.yaml")
+    assert student.student.name == "resnet8@w4a4" and "iikd" in student.loss
+    assert load_config(folder / "teacher.yaml").student.name == "resnet20"
+    searched = Schedule.load(folder / "search16_schedule.json")
+    member = Schedule.load(folder / "member10_schedule.json")
+    assert searched.epochs == member.epochs == 12
+    assert not any(any(policy) for policy in searched.policies)  # the search kept the empty policy
+    # Member 10: empty for epochs 0-7, operations from epoch 8; a 6-epoch replay reads epochs 0, 2, ..., 10.
+    assert [any(member.policy_at(e, 6)) for e in range(6)] == [False] * 4 + [True] * 2
+    build_augmenter({"name": "pba", "schedule": str(folder / "member10_schedule.json")})
