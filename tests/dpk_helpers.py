@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from datakd.api.context import SetupContext, TermInputs, View, record
 from datakd.data.loaders import Normalizer
-from datakd.engine.context import SetupContext, TermInputs, View, record
 from datakd.losses.base import build_terms
 from datakd.losses.dpk import DynamicPriorKnowledge
 

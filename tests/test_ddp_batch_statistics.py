@@ -36,12 +36,12 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from datakd.api.context import TermInputs, View, record
 from datakd.augmenters import mixing
 from datakd.augmenters.tl_pick import TLCutMixPick, pick_scores
 from datakd.config import RunConfig
 from datakd.data.loaders import Batch
 from datakd.engine.build import build_trainer
-from datakd.engine.context import TermInputs, View, record
 from datakd.engine.trainer import Trainer
 from datakd.errors import DatakdError
 from datakd.losses import functional as LF

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from datakd.api.features import FeatureRecorder
 from datakd.commands.listing import rows
 from datakd.engine.build import build_trainer
 from datakd.errors import DatakdError
-from datakd.features import FeatureRecorder
 from datakd.models import create
 from datakd.models.quantized import (
     QuantAct,

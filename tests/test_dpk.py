@@ -257,7 +257,7 @@ def test_shapes_for_zoo_pairs_including_spatial_mismatch(teacher_name: str, stud
 
 
 def _shapes(model, taps):
-    from datakd.features import feature_shapes
+    from datakd.api.features import feature_shapes
 
     shapes = feature_shapes(model, taps, torch.zeros(2, 3, 32, 32))
     return [shapes[t] for t in taps]
@@ -273,7 +273,7 @@ def test_gradient_reaches_student_and_both_encoders_not_the_teacher() -> None:
     student, teacher = TwoStage(4, 8), TwoStage(6, 12)
     images = torch.randn(8, 1, 8, 8)
     term = make_term(student, teacher, images, width=8, heads=2, encoder_depth=1, decoder_depth=1, ratio=0.5)
-    from datakd.engine.context import record
+    from datakd.api.context import record
 
     _, s_feats = record(student, images, term.student_taps)
     _, t_feats = record(teacher, images, term.teacher_taps)  # with grad on purpose: DPK must detach it
@@ -306,7 +306,7 @@ def test_pi_is_one_minus_batch_cka_and_logged_per_stage() -> None:
     _, logs = forward(term, student, teacher, images)
     with torch.no_grad():
         for tap in ("stage1", "stage2"):
-            from datakd.engine.context import record
+            from datakd.api.context import record
 
             _, fs = record(student, images, [tap])
             _, ft = record(teacher, images, [tap])
@@ -329,7 +329,7 @@ def test_schedules_fixed_cosine_and_decays() -> None:
             assert logs["dpk_pi_stage1"] == [pytest.approx(expected(epoch))], (ratio, epoch)
     term = make_term(student, teacher, images, width=8, heads=2, encoder_depth=1, ratio="cosine")
     _, logs = forward(term, student, teacher, images)
-    from datakd.engine.context import record
+    from datakd.api.context import record
 
     with torch.no_grad():
         _, fs = record(student, images, ["stage2"])
@@ -345,7 +345,7 @@ def test_epoch_window_averages_hsic_over_the_epoch_and_resets() -> None:
     term = make_term(student, teacher, a, width=8, heads=2, encoder_depth=1, cka_window="epoch")
     _, first = forward(term, student, teacher, a)
     _, second = forward(term, student, teacher, b)
-    from datakd.engine.context import record
+    from datakd.api.context import record
     from datakd.losses.cka import MinibatchCKA
 
     meter = MinibatchCKA()

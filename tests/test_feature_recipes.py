@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from datakd.api.context import SetupContext, TermInputs, View, record
 from datakd.config import load_config
-from datakd.engine.context import SetupContext, TermInputs, View, record
 from datakd.losses.base import build_terms
 from datakd.models import create
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from datakd.api.context import View
 from datakd.engine.build import build_trainer
-from datakd.engine.context import View
 from datakd.engine.evaluate import evaluate
 from datakd.errors import ConfigError
 from datakd.losses import iikd_functional as IF

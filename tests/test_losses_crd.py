@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datakd.engine.context import SetupContext, TermInputs, View
+from datakd.api.context import SetupContext, TermInputs, View
 from datakd.errors import DatakdError
 from datakd.losses.base import build_terms
 from datakd.losses.crd import ContrastiveRepresentation

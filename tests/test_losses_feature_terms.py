@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from datakd.api.context import SetupContext, TermInputs, View, record
 from datakd.commands.listing import rows
-from datakd.engine.context import SetupContext, TermInputs, View, record
 from datakd.errors import ConfigError, DatakdError
 from datakd.losses import relations as R
 from datakd.losses.base import build_terms

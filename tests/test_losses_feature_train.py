@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from datakd.api.context import record
 from datakd.engine.build import build_trainer
-from datakd.engine.context import record
 from datakd.engine.trainer import Trainer
 from tests.helpers import tiny_config
 

@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from datakd.api.context import TermInputs, View
 from datakd.config import config_from_dict
 from datakd.engine.build import build_trainer
-from datakd.engine.context import TermInputs, View
 from datakd.engine.metrics import read_metrics
 from datakd.errors import ConfigError, DatakdError
 from datakd.losses import functional as LF

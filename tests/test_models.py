@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
+from datakd.api.features import FeatureRecorder
 from datakd.errors import DatakdError
-from datakd.features import FeatureRecorder
 from datakd.models import MODELS, create, get_entry, model_taps
 from datakd.models.checkpoint_io import load_weights
 

@@ -305,7 +305,7 @@ def test_pba_augmenter_trains_and_switches_policy(tmp_path):
 
 
 def trainer_ctx(trainer):
-    from datakd.engine.context import StepContext
+    from datakd.api.context import StepContext
 
     return StepContext(0, 0, 0, 1, 1, trainer.student, None, trainer.meters, trainer.autocast)
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from datakd.api.context import StepContext
 from datakd.augmenters.base import build_augmenter
 from datakd.augmenters.cutout import cut_out
 from datakd.augmenters.mixing import (
@@ -27,7 +28,6 @@ from datakd.augmenters.mixing import (
 )
 from datakd.augmenters.tl_pick import pick_scores, score_ratio
 from datakd.data.loaders import Batch
-from datakd.engine.context import StepContext
 from datakd.engine.metrics import EpochMeters
 from datakd.errors import ConfigError, DatakdError
 from datakd.losses import functional as LF

@@ -71,7 +71,7 @@ def test_stage_three_trains_on_augmented_and_original_halves(
 ) -> None:
     trainer = build_trainer(tst_config(tmp_path / "run", teacher, encoders), "distill")
     batch = next(iter(trainer.loader.epoch(0)))
-    from datakd.engine.context import StepContext
+    from datakd.api.context import StepContext
 
     ctx = StepContext(0, 0, 0, 1, 1, trainer.student, trainer.teacher, trainer.meters, trainer.autocast)
     (view,) = trainer.augmenter(batch, ctx)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from datakd.engine.context import TermInputs, View
+from datakd.api.context import TermInputs, View
 from datakd.errors import ConfigError, DatakdError
 from datakd.losses import functional as LF
 from datakd.losses.base import build_terms

@@ -12,8 +12,8 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from datakd.api.context import SetupContext, StepContext, View
 from datakd.data.loaders import Batch, RawTransform
-from datakd.engine.context import SetupContext, StepContext, View
 from datakd.registry import Registry
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch
 
+from datakd.api.context import StepContext, View
 from datakd.augmenters import mixing
 from datakd.augmenters.base import Augmenter, register_augmenter
 from datakd.augmenters.tl import main_view
 from datakd.data.loaders import Batch
-from datakd.engine.context import StepContext, View
 from datakd.errors import ConfigError
 
 

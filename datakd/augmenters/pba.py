@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
+from datakd.api.context import SetupContext, StepContext, View
 from datakd.augmenters.base import Augmenter, register_augmenter
 from datakd.augmenters.pba_ops import cutout_boxes
 from datakd.augmenters.pba_policy import Schedule, apply_plan, check_policy, sample_plan
 from datakd.data.loaders import Batch, RawTransform
-from datakd.engine.context import SetupContext, StepContext, View
 from datakd.errors import DatakdError
 
 

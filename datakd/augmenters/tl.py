@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from datakd.api.context import SetupContext, StepContext, View
 from datakd.augmenters import mixing
 from datakd.augmenters.base import Augmenter, register_augmenter
 from datakd.data.loaders import Batch
-from datakd.engine.context import SetupContext, StepContext, View
 from datakd.errors import ConfigError, DatakdError, choice_error
 
 

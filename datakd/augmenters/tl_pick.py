@@ -14,11 +14,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from datakd.api.context import StepContext, View
 from datakd.augmenters import mixing
 from datakd.augmenters.base import Augmenter, register_augmenter
 from datakd.augmenters.tl import cutmix_batch, main_view
 from datakd.data.loaders import Batch
-from datakd.engine.context import StepContext, View
 from datakd.errors import ConfigError, DatakdError, choice_error
 from datakd.losses import functional as LF
 

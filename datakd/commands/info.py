@@ -15,12 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from datakd.api.context import SetupContext, TermInputs, View, record
+from datakd.api.features import feature_shapes
 from datakd.commands.base import Command, register_command
 from datakd.config import RunConfig, load_config
 from datakd.data.loaders import Normalizer
-from datakd.engine.context import SetupContext, TermInputs, View, record
 from datakd.errors import DatakdError
-from datakd.features import feature_shapes
 from datakd.losses.base import LossTerm, build_terms
 from datakd.models import create, model_taps
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from datakd.api import distributed as D
 from datakd.commands.base import Command, add_run_flags, flag_overrides, register_command
 from datakd.config import load_config
-from datakd.engine import distributed as D
 from datakd.engine.build import build_trainer
 
 

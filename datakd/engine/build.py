@@ -8,14 +8,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from datakd.api import distributed as D
+from datakd.api.context import SetupContext
 from datakd.augmenters.base import build_augmenter
 from datakd.checkpoint import load_checkpoint, seed_everything
 from datakd.config import RunConfig
 from datakd.data.base import ImageArrays
 from datakd.data.build import eval_loader, load_dataset, make_normalizer, train_loader
 from datakd.data.file_loader import decode
-from datakd.engine import distributed as D
-from datakd.engine.context import SetupContext
 from datakd.engine.trainer import Trainer
 from datakd.errors import ConfigError, DatakdError
 from datakd.events.base import build_events

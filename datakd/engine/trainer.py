@@ -20,13 +20,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from datakd.api import distributed as D
+from datakd.api.context import StepContext, TermInputs, View, record
 from datakd.augmenters.base import Augmenter
 from datakd.checkpoint import FORMAT_VERSION, atomic_save, capture_rng, load_checkpoint, restore_rng
 from datakd.config import RunConfig, dump_config
 from datakd.data.base import DatasetBundle
 from datakd.data.loaders import Batch, EvalLoader, Normalizer
-from datakd.engine import distributed as D
-from datakd.engine.context import StepContext, TermInputs, View, record
 from datakd.engine.ddp import average_gradient_list, average_gradients, synchronise_batchnorm
 from datakd.engine.evaluate import evaluate
 from datakd.engine.metrics import EpochMeters, MetricsCSV, TensorBoardLog, write_json

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from datakd.engine.context import SetupContext, TermInputs
+from datakd.api.context import SetupContext, TermInputs
 from datakd.errors import ConfigError
 from datakd.registry import Registry
 

@@ -32,8 +32,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from datakd.engine import distributed as D
-from datakd.engine.context import SetupContext, TermInputs
+from datakd.api import distributed as D
+from datakd.api.context import SetupContext, TermInputs
 from datakd.errors import DatakdError
 from datakd.losses import relations as R
 from datakd.losses.base import register_loss

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from datakd.engine.context import TermInputs
+from datakd.api.context import TermInputs
 from datakd.errors import DatakdError
 from datakd.losses import functional as LF
 from datakd.losses.base import LossTerm, register_loss

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datakd.engine import distributed as D
-from datakd.engine.context import SetupContext, TermInputs
+from datakd.api import distributed as D
+from datakd.api.context import SetupContext, TermInputs
 from datakd.errors import ConfigError, DatakdError, choice_error
 from datakd.losses.base import LossTerm, as_list, register_loss
 from datakd.losses.cka import MIN_SAMPLES, cka_from_hsic, hsic_terms

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from datakd.engine.context import SetupContext, TermInputs
+from datakd.api.context import SetupContext, TermInputs
 from datakd.errors import ConfigError, DatakdError
 from datakd.losses.base import LossTerm, as_list
 from datakd.models.registry import model_taps

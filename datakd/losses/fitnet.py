@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datakd.engine.context import SetupContext, TermInputs
+from datakd.api.context import SetupContext, TermInputs
 from datakd.losses import relations as R
 from datakd.losses.base import register_loss
 from datakd.losses.feature_connectors import HintRegressor

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from datakd.engine.context import SetupContext, TermInputs
+from datakd.api.context import SetupContext, TermInputs
 from datakd.errors import ConfigError, DatakdError
 from datakd.losses import iikd_functional as IF
 from datakd.losses.base import LossTerm, as_list, register_loss

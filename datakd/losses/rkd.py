@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from datakd.engine.context import TermInputs
+from datakd.api.context import TermInputs
 from datakd.errors import DatakdError
 from datakd.losses import relations as R
 from datakd.losses.base import register_loss

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from datakd.engine.context import TermInputs
+from datakd.api.context import TermInputs
 from datakd.errors import ConfigError, DatakdError
 from datakd.losses import functional as LF
 from datakd.losses.base import LossTerm, register_loss

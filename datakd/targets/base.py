@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from datakd.engine.context import SetupContext
+from datakd.api.context import SetupContext
 from datakd.registry import Registry
 
 

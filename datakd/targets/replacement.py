@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from datakd.engine.context import SetupContext
+from datakd.api.context import SetupContext
 from datakd.errors import ConfigError, DatakdError
 from datakd.targets import functional as TF
 from datakd.targets.base import TargetInputs, register_target_transform

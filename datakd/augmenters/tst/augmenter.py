@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from datakd.api import distributed as D
+from datakd.api.context import SetupContext, StepContext, View
 from datakd.augmenters.base import Augmenter, register_augmenter
 from datakd.augmenters.tst.encoders import make_encoders
 from datakd.augmenters.tst.fitting import FitConfig, check_compatible, load_encoders
@@ -26,8 +28,6 @@ from datakd.augmenters.tst.policy import RBD_MODES, TSTPolicy
 from datakd.augmenters.tst.search import ALRS, frozen_student, parameter_list, search_step
 from datakd.checkpoint import atomic_write_text
 from datakd.data.loaders import Batch
-from datakd.engine import distributed as D
-from datakd.engine.context import SetupContext, StepContext, View
 from datakd.errors import ConfigError, DatakdError, NonFiniteLossError, choice_error
 
 POLICY_FILE = "tst_policy.csv"

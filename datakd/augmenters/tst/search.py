@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from datakd.api import distributed as D
 from datakd.augmenters.tst.policy import TSTPolicy
-from datakd.engine import distributed as D
 from datakd.losses.functional import tst_search_loss
 
 

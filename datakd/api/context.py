@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from datakd.features import FeatureRecorder, feature_shapes
+from datakd.api.features import FeatureRecorder, feature_shapes
 
 if TYPE_CHECKING:
     from datakd.data.loaders import Normalizer
