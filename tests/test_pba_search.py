@@ -15,7 +15,8 @@ from datakd.config import load_config
 from datakd.data.build import load_dataset
 from datakd.engine.build import build_trainer
 from datakd.errors import ConfigError, DatakdError
-from datakd.pba.search import concurrency_warning, member_seed, prepare_spec, run_search
+from datakd.pba.search import concurrency_warning, prepare_spec, run_search
+from datakd.pba.spec import member_seed
 from tests.helpers import train_tiny_teacher
 
 RECIPE = """

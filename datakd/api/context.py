@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -18,7 +18,12 @@ from datakd.api.features import FeatureRecorder, feature_shapes
 
 if TYPE_CHECKING:
     from datakd.data.loaders import Normalizer
-    from datakd.engine.metrics import EpochMeters
+
+
+class Meters(Protocol):
+    """Per-epoch running means (the engine's `EpochMeters`): each name becomes a metrics.csv column."""
+
+    def add(self, name: str, value: float | torch.Tensor, count: float = 1) -> None: ...
 
 
 @dataclass
@@ -81,7 +86,7 @@ class StepContext:
     total_epochs: int
     student: nn.Module
     teacher: nn.Module | None
-    meters: EpochMeters
+    meters: Meters
     autocast: Callable[[], Any]
 
     def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:

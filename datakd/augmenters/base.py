@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from datakd.api.context import SetupContext, StepContext, View
+from datakd.api.run import RunControl
 from datakd.data.loaders import Batch, RawTransform
 from datakd.registry import Registry
 
@@ -30,8 +31,8 @@ class Augmenter(nn.Module):
         """A uint8 batch transform the loader applies before crop/flip, or None."""
         return None
 
-    def on_epoch_start(self, epoch: int, trainer: Any) -> None:
-        """Called at the start of every epoch (after stage events)."""
+    def on_epoch_start(self, epoch: int, trainer: RunControl) -> None:
+        """Called at the start of every epoch (after stage events); `trainer` is the run, see RunControl."""
 
     def joint_parameters(self) -> list[nn.Parameter]:
         """Parameters to train jointly with the student in its optimizer (none by default)."""

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from datakd.api.context import SetupContext, StepContext, View
+from datakd.api.run import RunControl
 from datakd.augmenters.base import Augmenter, register_augmenter
 from datakd.augmenters.pba_ops import cutout_boxes
 from datakd.augmenters.pba_policy import Schedule, apply_plan, check_policy, sample_plan
@@ -69,7 +70,7 @@ class PBAAugmenter(Augmenter):
         """Replace the current policy (a search trial after PBT's explore step)."""
         self.policy = check_policy(policy, "augmenter pba policy")
 
-    def on_epoch_start(self, epoch: int, trainer: Any) -> None:
+    def on_epoch_start(self, epoch: int, trainer: RunControl) -> None:
         if self.schedule is not None:
             self.policy = self.schedule.policy_at(epoch, trainer.total_epochs)
 

@@ -8,8 +8,9 @@ import json
 from datakd.commands.base import Command, register_command
 from datakd.config import DataConfig
 from datakd.data.build import eval_loader, load_dataset, make_normalizer
-from datakd.engine.build import load_model, resolve_device
+from datakd.engine.build import resolve_device
 from datakd.engine.evaluate import evaluate
+from datakd.models.loading import load_model
 
 
 @register_command("eval")

@@ -8,8 +8,9 @@ import torch
 
 from datakd.config import DataConfig
 from datakd.data.base import DATASETS, DatasetBundle, ImageArrays
+from datakd.data.eval_loader import EvalLoader
 from datakd.data.file_loader import WorkerLoader
-from datakd.data.loaders import AUGMENTS, DeviceLoader, EvalLoader, Normalizer, RawTransform
+from datakd.data.loaders import AUGMENTS, DeviceLoader, Normalizer, RawTransform
 from datakd.errors import ConfigError, choice_error
 
 LOADERS = ("auto", "device", "workers")

@@ -22,6 +22,7 @@ from datakd.events.base import build_events
 from datakd.losses.base import build_terms
 from datakd.models import create
 from datakd.models.checkpoint_io import load_weights
+from datakd.models.loading import freeze_teacher, load_model
 from datakd.targets.base import build_target_transform
 
 MODES = ("train", "distill")
@@ -46,40 +47,6 @@ def resolve_device(name: str) -> torch.device:
 
 def default_run_dir(cfg: RunConfig) -> Path:
     return Path("runs") / cfg.name / f"seed{cfg.seed}"
-
-
-def load_model(
-    checkpoint: str | Path, num_classes: int, name: str | None = None, kwargs: dict[str, Any] | None = None
-) -> tuple[nn.Module, dict[str, Any]]:
-    """A model rebuilt from one of our checkpoints (its name is stored there) or any state_dict + `name`."""
-    state = load_checkpoint(checkpoint)
-    model_name = name or state.get("model_name")
-    if not model_name:
-        raise DatakdError(
-            f"checkpoint {str(checkpoint)!r} does not record its architecture; give the model name "
-            "(e.g. teacher.name=resnet56)"
-        )
-    model_kwargs = dict(state.get("model_kwargs") or {})
-    model_kwargs.update(kwargs or {})
-    stored_classes = state.get("num_classes", num_classes)
-    if stored_classes != num_classes:
-        raise DatakdError(
-            f"checkpoint {str(checkpoint)!r} was trained for {stored_classes} classes but this "
-            f"dataset has {num_classes}"
-        )
-    model = create(model_name, num_classes, **model_kwargs)
-    load_weights(model, state)
-    return model, {"checkpoint": str(checkpoint), "name": model_name, "kwargs": model_kwargs}
-
-
-def freeze_teacher(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
-    """Teachers are always in eval mode and never receive gradients, unless a method says otherwise."""
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model.eval()
-    model.requires_grad_(False)
-    return model
 
 
 def _sample_images(bundle: Any, normalizer: Any, device: torch.device, image_size: int) -> torch.Tensor:

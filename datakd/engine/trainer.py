@@ -26,7 +26,8 @@ from datakd.augmenters.base import Augmenter
 from datakd.checkpoint import FORMAT_VERSION, atomic_save, capture_rng, load_checkpoint, restore_rng
 from datakd.config import RunConfig, dump_config
 from datakd.data.base import DatasetBundle
-from datakd.data.loaders import Batch, EvalLoader, Normalizer
+from datakd.data.eval_loader import EvalLoader
+from datakd.data.loaders import Batch, Normalizer
 from datakd.engine.ddp import average_gradient_list, average_gradients, synchronise_batchnorm
 from datakd.engine.evaluate import evaluate
 from datakd.engine.metrics import EpochMeters, MetricsCSV, TensorBoardLog, write_json

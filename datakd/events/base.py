@@ -9,27 +9,25 @@ epoch; like LR milestones they are multiplied by ``schedule.scale``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from datakd.api.run import RunControl
 from datakd.registry import Registry
-
-if TYPE_CHECKING:
-    from datakd.engine.trainer import Trainer
 
 
 class StageEvent:
     """Base class; override the hooks you need."""
 
-    def on_train_start(self, trainer: Trainer) -> None:
+    def on_train_start(self, trainer: RunControl) -> None:
         """Once, after setup (also on resume)."""
 
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_start(self, trainer: RunControl, epoch: int) -> None:
         """Before the first step of `epoch` (not called again when resuming inside that epoch)."""
 
-    def on_step_start(self, trainer: Trainer, epoch: int, step: int) -> None:
+    def on_step_start(self, trainer: RunControl, epoch: int, step: int) -> None:
         """Before every step (keep it cheap)."""
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_end(self, trainer: RunControl, epoch: int) -> None:
         """After `epoch`'s evaluation, before its checkpoint."""
 
     def state_dict(self) -> dict[str, Any]:

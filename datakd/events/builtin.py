@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from datakd.api.run import RunControl
 from datakd.errors import ConfigError
 from datakd.events.base import StageEvent, epoch_list, register_event
-
-if TYPE_CHECKING:
-    from datakd.engine.trainer import Trainer
 
 
 @register_event("set_loss_weights")
@@ -19,7 +17,7 @@ class SetLossWeights(StageEvent):
         self.at = at
         self.weights = dict(weights)
 
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_start(self, trainer: RunControl, epoch: int) -> None:
         if epoch == trainer.scaled_epoch(self.at):
             for name, weight in self.weights.items():
                 trainer.set_loss_weight(name, weight)
@@ -42,7 +40,7 @@ class ScaleLossWeights(StageEvent):
         self.at = epoch_list(at) if at is not None else []
         self.every = every
 
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_start(self, trainer: RunControl, epoch: int) -> None:
         fire = (
             (epoch in [trainer.scaled_epoch(a) for a in self.at])
             if self.at
@@ -79,7 +77,7 @@ class SwitchTeacher(StageEvent):
         self.optim = optim
         self.schedule = schedule
 
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_start(self, trainer: RunControl, epoch: int) -> None:
         if epoch == trainer.scaled_epoch(self.at):
             trainer.switch_teacher(self.checkpoint, self.name)
             if self.optim is not None or self.schedule is not None:
@@ -97,6 +95,6 @@ class ResetOptimizer(StageEvent):
         self.optim = optim or {}
         self.schedule = schedule or {}
 
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_start(self, trainer: RunControl, epoch: int) -> None:
         if epoch == trainer.scaled_epoch(self.at):
             trainer.rebuild_optimizer(self.optim, self.schedule, start_epoch=epoch)

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from datakd.api.run import RunControl
 from datakd.augmenters.tst.augmenter import TSTAugmenter
 from datakd.errors import ConfigError
 from datakd.events.base import StageEvent, epoch_list, register_event
-
-if TYPE_CHECKING:
-    from datakd.engine.trainer import Trainer
 
 
 @register_event("tst_search")
@@ -32,7 +28,7 @@ class TSTSearch(StageEvent):
         self.epochs = epochs
         self.max_steps = max_steps
 
-    def on_train_start(self, trainer: Trainer) -> None:
+    def on_train_start(self, trainer: RunControl) -> None:
         if not isinstance(trainer.augmenter, TSTAugmenter):
             raise ConfigError(
                 f"event tst_search needs augmenter tst, but this run uses "
@@ -41,7 +37,7 @@ class TSTSearch(StageEvent):
         if trainer.teacher is None:
             raise ConfigError("event tst_search needs a teacher: run with `datakd distill`")
 
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_start(self, trainer: RunControl, epoch: int) -> None:
         if self.epochs and epoch in {trainer.scaled_epoch(a) for a in self.at}:
             augmenter = trainer.augmenter
             assert isinstance(augmenter, TSTAugmenter)

@@ -19,7 +19,7 @@ from ray import tune
 from datakd.checkpoint import atomic_save
 from datakd.data.loaders import derive_seed
 from datakd.engine.build import build_trainer
-from datakd.pba.search import REWARD, TrialSpec, member_seed
+from datakd.pba.spec import REWARD, TrialSpec, member_seed
 
 
 class PBATrial(tune.Trainable):

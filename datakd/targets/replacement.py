@@ -22,6 +22,7 @@ from torch import nn
 
 from datakd.api.context import SetupContext
 from datakd.errors import ConfigError, DatakdError
+from datakd.models.loading import freeze_teacher, load_model
 from datakd.targets import functional as TF
 from datakd.targets.base import TargetInputs, register_target_transform
 from datakd.targets.subsets import SubsetTransform
@@ -61,8 +62,6 @@ class TeacherReplacement(SubsetTransform):
         return self._second[0]
 
     def setup(self, ctx: SetupContext) -> None:
-        from datakd.engine.build import freeze_teacher, load_model
-
         if not self.checkpoint:
             raise ConfigError(
                 "target transform 'replace' needs the second (strong) teacher: set "

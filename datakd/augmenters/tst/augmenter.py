@@ -20,6 +20,7 @@ import torch
 
 from datakd.api import distributed as D
 from datakd.api.context import SetupContext, StepContext, View
+from datakd.api.run import RunControl
 from datakd.augmenters.base import Augmenter, register_augmenter
 from datakd.augmenters.tst.encoders import make_encoders
 from datakd.augmenters.tst.fitting import FitConfig, check_compatible, load_encoders
@@ -138,7 +139,7 @@ class TSTAugmenter(Augmenter):
         return [View("main", images, labels, indices=indices)]
 
     # ------------------------------------------------------------------ Stage II
-    def search(self, trainer: Any, epoch: int, passes: int, max_steps: int | None = None) -> None:
+    def search(self, trainer: RunControl, epoch: int, passes: int, max_steps: int | None = None) -> None:
         """Run (or resume) the Stage II call that starts `epoch`: `passes` passes over the training loader,
         each capped at `max_steps` batches."""
         policy = self._require_policy()
@@ -187,7 +188,7 @@ class TSTAugmenter(Augmenter):
 
     def _run_pass(
         self,
-        trainer: Any,
+        trainer: RunControl,
         policy: TSTPolicy,
         student: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
@@ -253,7 +254,7 @@ class TSTAugmenter(Augmenter):
             )
         return rows
 
-    def _record(self, trainer: Any, epoch: int, pass_: int, loss: float | None, lr: float) -> None:
+    def _record(self, trainer: RunControl, epoch: int, pass_: int, loss: float | None, lr: float) -> None:
         self.history += self.policy_rows(epoch, self.calls + 1, pass_, self.search_steps, loss, lr)
         if trainer.is_main:
             write_policy_csv(self.history, Path(trainer.run_dir) / POLICY_FILE)
@@ -303,7 +304,7 @@ def _fmt(value: Any) -> Any:
     return value
 
 
-def _kept(trainer: Any) -> str:
+def _kept(trainer: RunControl) -> str:
     last = Path(trainer.run_dir) / "last.pt"
     return (
         f"the last good checkpoint {str(last)!r} is kept"

@@ -33,7 +33,8 @@ from datakd.checkpoint import atomic_save, load_checkpoint
 from datakd.config import DataConfig
 from datakd.data.base import DatasetBundle, ImageArrays
 from datakd.data.build import load_dataset, make_normalizer, train_loader
-from datakd.data.loaders import EvalLoader, Normalizer, derive_seed
+from datakd.data.eval_loader import EvalLoader
+from datakd.data.loaders import Normalizer, derive_seed
 from datakd.data.splits import take_subset
 from datakd.errors import ConfigError, DatakdError, choice_error
 
