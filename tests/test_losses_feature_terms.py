@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from datakd.api.context import SetupContext, TermInputs, View, record
+from datakd.api.features import resolve_taps
 from datakd.commands.listing import rows
 from datakd.errors import ConfigError, DatakdError
 from datakd.losses import relations as R
 from datakd.losses.base import build_terms
 from datakd.losses.feature_connectors import HintRegressor
-from datakd.losses.feature_taps import resolve_taps
 from datakd.models import create
 
 METHODS = ("fitnet", "at", "sp", "cc", "rkd", "pkt", "vid", "crd", "reviewkd")

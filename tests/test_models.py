@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from datakd.api.features import FeatureRecorder
+from datakd.api.features import FeatureRecorder, stage_taps
 from datakd.errors import DatakdError
 from datakd.models import MODELS, create, get_entry, model_taps
 from datakd.models.checkpoint_io import load_weights
@@ -52,10 +52,6 @@ CIFAR_ZOO = {
 def built(name: str) -> nn.Module:
     """One eval-mode 100-class build per model, shared by the tests that only read it."""
     return create(name, 100).eval()
-
-
-def stage_taps(model: nn.Module) -> list[str]:
-    return sorted((t for t in model_taps(model) if t.startswith("stage")), key=lambda t: int(t[5:]))
 
 
 def final_layer(model: nn.Module) -> nn.Module:

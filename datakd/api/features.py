@@ -4,11 +4,16 @@ A tap is ``"path"`` (the module's output) or ``"path:input"`` (its first positio
 (``stage3``, ``pre_logits``) is looked up in the model's tap table first. ``logits`` is the model output and
 needs no hook. Recordings live in the recorder, are cleared before every forward, and hold references to the
 live tensors so gradients flow through them; under DDP each process records its own replica.
+
+Stage taps are the one architecture-independent vocabulary methods share: `stage_taps(model)` lists a
+model's ``stage1..N`` in order, and recipes may write ``all_stages`` (every stage, RepDistiller's
+``feat[1:-1]``) or ``last_stage`` (the deepest, RepDistiller's ``feat[-2]``), expanded by `resolve_taps`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -18,6 +23,34 @@ from datakd.errors import DatakdError
 from datakd.models.registry import model_taps
 
 LOGITS = "logits"
+ALL_STAGES = "all_stages"
+LAST_STAGE = "last_stage"
+SYMBOLS = (ALL_STAGES, LAST_STAGE)
+_STAGE = re.compile(r"^stage(\d+)$")
+
+
+def stage_taps(model: nn.Module) -> list[str]:
+    """The model's named stage taps ``stage1..N`` in order (empty for models without a tap table)."""
+    found = [(int(m.group(1)), name) for name in model_taps(model) if (m := _STAGE.match(name))]
+    return [name for _, name in sorted(found)]
+
+
+def resolve_taps(model: nn.Module, spec: Sequence[str], where: str) -> list[str]:
+    """Expand ``all_stages`` / ``last_stage`` in `spec` for `model`; other taps pass through."""
+    taps: list[str] = []
+    for tap in spec:
+        if tap not in SYMBOLS:
+            taps.append(tap)
+            continue
+        stages = stage_taps(model)
+        if not stages:
+            name = getattr(getattr(model, "module", model), "datakd_name", type(model).__name__)
+            raise DatakdError(
+                f"{where}: {tap!r} needs named stage taps, but model {name!r} has none; list its taps "
+                "explicitly (module paths, see `datakd info --model NAME`)"
+            )
+        taps.extend(stages if tap == ALL_STAGES else stages[-1:])
+    return taps
 
 
 def resolve_tap(model: nn.Module, tap: str) -> tuple[str, str]:

@@ -10,7 +10,6 @@ stage without the event firing again.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,15 +18,7 @@ from torch import nn
 
 from datakd.api.context import Meters
 from datakd.config import RunConfig
-from datakd.data.loaders import Batch
-
-
-class TrainBatches(Protocol):
-    """The training loader as a run exposes it: a length in steps and the seeded batches of an epoch."""
-
-    def __len__(self) -> int: ...
-
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]: ...
+from datakd.data.loaders import TrainLoader
 
 
 class RunControl(Protocol):
@@ -40,7 +31,7 @@ class RunControl(Protocol):
     teacher: nn.Module | None
     student_module: nn.Module  # the unwrapped student (no DDP/compile wrapper)
     augmenter: nn.Module
-    loader: TrainBatches
+    loader: TrainLoader
     meters: Meters
 
     def autocast(self) -> AbstractContextManager[Any]:

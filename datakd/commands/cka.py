@@ -18,14 +18,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from datakd.api.features import FeatureRecorder
+from datakd.api.features import FeatureRecorder, stage_taps
 from datakd.commands.base import Command, register_command
 from datakd.config import DataConfig, parse_overrides
 from datakd.data.build import eval_loader, load_dataset, make_normalizer
 from datakd.engine.build import resolve_device
 from datakd.errors import DatakdError
 from datakd.losses.cka import MIN_SAMPLES, MinibatchCKA, gram_linear
-from datakd.losses.dpk import stage_taps
 from datakd.models.loading import load_model
 
 SPLITS = ("test", "train")

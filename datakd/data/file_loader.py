@@ -19,7 +19,14 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as TF
 
 from datakd.data.base import ImageArrays, ImageFiles
-from datakd.data.loaders import Batch, Normalizer, RawTransform, generator_for, random_crop_flip
+from datakd.data.loaders import (
+    Batch,
+    Normalizer,
+    RawTransform,
+    TrainLoader,
+    generator_for,
+    random_crop_flip,
+)
 from datakd.errors import DatakdError
 
 
@@ -126,7 +133,7 @@ def _collate(items: list[tuple[torch.Tensor, int, int]]) -> tuple[torch.Tensor, 
     return torch.stack(images), torch.tensor(labels), torch.tensor(indices)
 
 
-class WorkerLoader:
+class WorkerLoader(TrainLoader):
     """Training batches decoded and augmented per sample on DataLoader workers."""
 
     def __init__(
@@ -146,37 +153,26 @@ class WorkerLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if batch_size % world_size:
-            raise DatakdError(f"batch size {batch_size} is not divisible by the {world_size} processes")
+        super().__init__(
+            batch_size, normalizer, device, seed, shuffle, drop_last, raw_transform, rank, world_size
+        )
         self.dataset = SampleDataset(split, augment, image_size, padding, seed, train=True)
-        self.batch_size = batch_size
-        self.normalizer = normalizer
-        self.device = device
-        self.seed = seed
         self.workers = workers
-        self.shuffle = shuffle
-        self.drop_last = drop_last or world_size > 1
-        self.raw_transform = raw_transform
-        self.rank = rank
-        self.world_size = world_size
+
+    def num_samples(self) -> int:
+        return len(self.dataset)
 
     def __len__(self) -> int:
         n = len(self.dataset)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        n = len(self.dataset)
-        order = (
-            torch.randperm(n, generator=generator_for(self.seed, epoch, 0x5EED))
-            if self.shuffle
-            else torch.arange(n)
-        ).tolist()
-        per_rank = self.batch_size // self.world_size
+        order = self.order(epoch).tolist()
         batches = []
         for step in range(start_step, len(self)):
             chunk = order[step * self.batch_size : (step + 1) * self.batch_size]
             if self.world_size > 1:
-                chunk = chunk[self.rank * per_rank : (self.rank + 1) * per_rank]
+                chunk = chunk[self.rank_slice()]
             batches.append([(epoch, i) for i in chunk])
         loader = DataLoader(
             self.dataset,

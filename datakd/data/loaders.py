@@ -113,7 +113,62 @@ def random_crop_flip(
     return source[batch_idx, chan_idx, rows, cols]
 
 
-class DeviceLoader:
+class TrainLoader:
+    """What both training loaders share: settings, the seeded epoch order and the DDP shard of a batch.
+
+    A global batch of `batch_size` is drawn in the same order whatever the number of processes; rank r
+    keeps its slice `rank_slice()` of it, so N processes see exactly the batch one process would.
+    Subclasses give `__len__` (steps per epoch), `num_samples()` and `epoch(epoch, start_step)`.
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        normalizer: Normalizer,
+        device: torch.device,
+        seed: int,
+        shuffle: bool,
+        drop_last: bool,
+        raw_transform: RawTransform | None,
+        rank: int,
+        world_size: int,
+    ) -> None:
+        if batch_size % world_size:
+            raise DatakdError(f"batch size {batch_size} is not divisible by the {world_size} processes")
+        self.batch_size = batch_size
+        self.normalizer = normalizer
+        self.device = device
+        self.seed = seed
+        self.shuffle = shuffle
+        self.drop_last = drop_last or world_size > 1
+        self.raw_transform = raw_transform
+        self.rank = rank
+        self.world_size = world_size
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def num_samples(self) -> int:
+        raise NotImplementedError
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        """Yield the batches of `epoch`, starting at `start_step` (for resuming mid-epoch)."""
+        raise NotImplementedError
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The epoch's sample order, seeded by (seed, epoch) alone."""
+        n = self.num_samples()
+        if not self.shuffle:
+            return torch.arange(n)
+        return torch.randperm(n, generator=generator_for(self.seed, epoch, 0x5EED))
+
+    def rank_slice(self) -> slice:
+        """This process's part of a global batch."""
+        per_rank = self.batch_size // self.world_size
+        return slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+
+
+class DeviceLoader(TrainLoader):
     """Training batches from a uint8 split resident on `device`; see the module docstring."""
 
     def __init__(
@@ -136,21 +191,16 @@ class DeviceLoader:
                 f"the device loader supports augment crop_flip, flip or none, not {augment!r}; "
                 "use data.loader=workers for imagenet-style augmentation"
             )
-        if batch_size % world_size:
-            raise DatakdError(f"batch size {batch_size} is not divisible by the {world_size} processes")
+        super().__init__(
+            batch_size, normalizer, device, seed, shuffle, drop_last, raw_transform, rank, world_size
+        )
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
-        self.batch_size = batch_size
-        self.normalizer = normalizer
-        self.device = device
-        self.seed = seed
         self.augment = augment
         self.padding = padding
-        self.shuffle = shuffle
-        self.drop_last = drop_last or world_size > 1
-        self.raw_transform = raw_transform
-        self.rank = rank
-        self.world_size = world_size
+
+    def num_samples(self) -> int:
+        return len(self.labels)
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -159,16 +209,8 @@ class DeviceLoader:
         steps = math.ceil(n / self.batch_size)
         return steps - 1 if n % self.batch_size == 1 and steps > 1 else steps  # never a batch of one
 
-    def order(self, epoch: int) -> torch.Tensor:
-        n = len(self.labels)
-        if not self.shuffle:
-            return torch.arange(n)
-        return torch.randperm(n, generator=generator_for(self.seed, epoch, 0x5EED))
-
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        """Yield the batches of `epoch`, starting at `start_step` (for resuming mid-epoch)."""
         order = self.order(epoch)
-        per_rank = self.batch_size // self.world_size
         for step in range(start_step, len(self)):
             global_idx = order[step * self.batch_size : (step + 1) * self.batch_size]
             generator = generator_for(self.seed, epoch, step)
@@ -184,6 +226,6 @@ class DeviceLoader:
                 generator,
             )
             if self.world_size > 1:
-                sl = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+                sl = self.rank_slice()
                 images, idx = images[sl], idx[sl]
             yield Batch(self.normalizer(images), self.labels[idx], idx)

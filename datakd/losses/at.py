@@ -7,10 +7,11 @@ from collections.abc import Sequence
 import torch
 
 from datakd.api.context import SetupContext, TermInputs
+from datakd.api.features import ALL_STAGES
 from datakd.errors import DatakdError
 from datakd.losses import relations as R
 from datakd.losses.base import register_loss
-from datakd.losses.feature_taps import ALL_STAGES, PairedFeatureTerm
+from datakd.losses.feature_taps import PairedFeatureTerm
 
 
 @register_loss("at")

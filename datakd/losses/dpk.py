@@ -24,23 +24,16 @@ from torch import nn
 
 from datakd.api import distributed as D
 from datakd.api.context import SetupContext, TermInputs
+from datakd.api.features import stage_taps
 from datakd.errors import ConfigError, DatakdError, choice_error
 from datakd.losses.base import LossTerm, as_list, register_loss
 from datakd.losses.cka import MIN_SAMPLES, cka_from_hsic, hsic_terms
 from datakd.losses.dpk_blocks import auto_patch_size, check_patch_size
 from datakd.losses.dpk_transforms import PRIORS, TRANSFORMS, StageSpec, build_transform
-from datakd.models.registry import model_taps
 
 RATIO_MODES = ("cka", "cosine", "exp_decay", "linear_decay")
 CKA_WINDOWS = ("batch", "epoch")
 LOSS_ON = ("full", "non_masked")
-STAGE_TAP = re.compile(r"stage(\d+)")
-
-
-def stage_taps(model: nn.Module) -> list[str]:
-    """The model's named residual-stage taps, stage1..stageN in order (DPK's default: all of them)."""
-    names = [t for t in model_taps(model) if STAGE_TAP.fullmatch(t)]
-    return sorted(names, key=lambda t: int(STAGE_TAP.fullmatch(t).group(1)))  # type: ignore[union-attr]
 
 
 def column_name(tap: str) -> str:

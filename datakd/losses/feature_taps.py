@@ -1,56 +1,21 @@
-"""Tap selection shared by the feature baselines: symbolic stage sets and student/teacher tap pairing.
+"""Student/teacher tap pairing shared by the feature baselines (AT, FitNet, VID, SP, CC, RKD, PKT, CRD, ...).
 
-Recipes may name taps directly (``stage2``, ``pre_logits``, ``layer3.4.act:input``) or use two symbols
-that depend on the architecture and are resolved once the models exist (in ``setup``):
-
-* ``all_stages``: every named ``stageK`` tap of the model, in order (RepDistiller's ``feat[1:-1]``);
-* ``last_stage``: the deepest named stage (RepDistiller's ``feat[-2]``).
-
-That is how AT/VID/SP keep one default for every zoo model although ResNets have three stages and
-VGG/MobileNetV2/ResNet-50 four.
+Recipes may name taps directly (``stage2``, ``pre_logits``, ``layer3.4.act:input``) or use the symbols
+``all_stages`` / ``last_stage`` (`datakd.api.features.resolve_taps`), resolved once the models exist (in
+``setup``). That is how AT/VID/SP keep one default for every zoo model although ResNets have three stages
+and VGG/MobileNetV2/ResNet-50 four.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from datakd.api.context import SetupContext, TermInputs
+from datakd.api.features import SYMBOLS, resolve_taps
 from datakd.errors import ConfigError, DatakdError
 from datakd.losses.base import LossTerm, as_list
-from datakd.models.registry import model_taps
-
-ALL_STAGES = "all_stages"
-LAST_STAGE = "last_stage"
-SYMBOLS = (ALL_STAGES, LAST_STAGE)
-_STAGE = re.compile(r"^stage(\d+)$")
-
-
-def stage_taps(model: nn.Module) -> list[str]:
-    """The model's named stage taps ``stage1..N`` in order (empty for models without a tap table)."""
-    found = [(int(m.group(1)), name) for name in model_taps(model) if (m := _STAGE.match(name))]
-    return [name for _, name in sorted(found)]
-
-
-def resolve_taps(model: nn.Module, spec: Sequence[str], where: str) -> list[str]:
-    """Expand ``all_stages`` / ``last_stage`` in `spec` for `model`; other taps pass through."""
-    taps: list[str] = []
-    for tap in spec:
-        if tap not in SYMBOLS:
-            taps.append(tap)
-            continue
-        stages = stage_taps(model)
-        if not stages:
-            name = getattr(getattr(model, "module", model), "datakd_name", type(model).__name__)
-            raise DatakdError(
-                f"{where}: {tap!r} needs named stage taps, but model {name!r} has none; list its taps "
-                "explicitly (module paths, see `datakd info --model NAME`)"
-            )
-        taps.extend(stages if tap == ALL_STAGES else stages[-1:])
-    return taps
 
 
 class PairedFeatureTerm(LossTerm):

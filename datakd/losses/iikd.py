@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from datakd.api.context import SetupContext, TermInputs
+from datakd.api.features import stage_taps
 from datakd.errors import ConfigError, DatakdError
 from datakd.losses import iikd_functional as IF
 from datakd.losses.base import LossTerm, as_list, register_loss
-from datakd.models.registry import model_taps
 
 CLIP_MODES = ("unweighted", "weighted", "none")
 PARTS = ("rkd", "svd", "mhgd")
@@ -160,9 +160,7 @@ class RelationalDistillation(ClippedGradient, LossTerm):
     def _default_taps(self, ctx: SetupContext) -> None:
         if self.student_taps:
             return
-        stages = sorted(
-            (t for t in model_taps(ctx.student) if t.startswith("stage")), key=lambda t: int(t[5:])
-        )
+        stages = stage_taps(ctx.student)
         if len(stages) < 2:
             raise ConfigError(
                 f"{self.term_name}: the student has no named stage taps; list them with "

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 import torch
 
 from datakd.api.context import TermInputs
+from datakd.api.features import LAST_STAGE
 from datakd.losses import relations as R
 from datakd.losses.base import register_loss
-from datakd.losses.feature_taps import LAST_STAGE, PairedFeatureTerm
+from datakd.losses.feature_taps import PairedFeatureTerm
 
 
 @register_loss("sp")

@@ -8,11 +8,12 @@ import torch
 from torch import nn
 
 from datakd.api.context import SetupContext, TermInputs
+from datakd.api.features import ALL_STAGES
 from datakd.errors import DatakdError
 from datakd.losses import relations as R
 from datakd.losses.base import register_loss
 from datakd.losses.feature_connectors import VariationalRegressor
-from datakd.losses.feature_taps import ALL_STAGES, PairedFeatureTerm
+from datakd.losses.feature_taps import PairedFeatureTerm
 
 
 @register_loss("vid")
