@@ -12,6 +12,7 @@ from datakd.api.context import SetupContext, TermInputs, View, record
 from datakd.data.loaders import Normalizer
 from datakd.losses.base import build_terms
 from datakd.losses.dpk import DynamicPriorKnowledge
+from tests.helpers import setup_context
 
 
 class TwoStage(nn.Module):
@@ -33,21 +34,16 @@ def context(
     student: nn.Module, teacher: nn.Module, sample: torch.Tensor, batch_size: int = 8, epochs: int = 10
 ) -> SetupContext:
     channels = sample.shape[1]
-    cpu = torch.device("cpu")
-    return SetupContext(
-        student=student,
-        teacher=teacher,
+    return setup_context(
+        student,
+        teacher,
+        sample[:2],
         num_classes=10,
-        num_train=0,
-        train_labels=torch.zeros(0, dtype=torch.long),
-        sample_images=sample[:2],
-        device=cpu,
-        batch_size=batch_size,
-        steps_per_epoch=1,
-        total_epochs=epochs,
-        normalizer=Normalizer((0.0,) * channels, (1.0,) * channels, cpu),
         mean=(0.0,) * channels,
         std=(1.0,) * channels,
+        batch_size=batch_size,
+        total_epochs=epochs,
+        normalizer=Normalizer((0.0,) * channels, (1.0,) * channels, torch.device("cpu")),
     )
 
 

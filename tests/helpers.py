@@ -1,4 +1,5 @@
-"""Small builders shared by tests: tiny real-data configs on the embedded Fashion-MNIST subset."""
+"""Small builders shared by tests: tiny real-data configs on the embedded Fashion-MNIST subset, a
+crash-and-resume harness and a SetupContext for building methods outside a run."""
 
 from __future__ import annotations
 
@@ -6,8 +7,15 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
+from datakd.api.context import SetupContext
+from datakd.checkpoint import load_checkpoint
 from datakd.config import RunConfig, config_from_dict
+from datakd.data.loaders import Normalizer
 from datakd.engine.build import build_trainer
+from datakd.engine.trainer import Trainer
 
 TINY_DATA: dict[str, Any] = {
     "dataset": "quickstart",
@@ -51,3 +59,74 @@ def train_tiny_teacher(out: Path, epochs: int = 2, model: str = "resnet14") -> P
     )
     build_trainer(cfg, "train").fit()
     return out / "last.pt"
+
+
+class Crash(RuntimeError):
+    """Raised by `crash_and_resume` to stop a run the way a kill would (after its last checkpoint)."""
+
+
+def crash_and_resume(
+    cfg: RunConfig,
+    mode: str,
+    crash_at: int,
+    monkeypatch: Any,
+    owner: Any = None,
+    attr: str = "train_step",
+) -> tuple[dict[str, Any], Trainer]:
+    """Run `cfg` until the `crash_at`-th call of `owner.attr` (default `Trainer.train_step`) raises, then
+    resume from last.pt and finish. Returns the checkpoint the resume started from and the finished trainer.
+    """
+    import pytest
+
+    owner = Trainer if owner is None else owner
+    original = getattr(owner, attr)
+    calls = {"n": 0}
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == crash_at:
+            raise Crash
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, attr, failing)
+    crashed = build_trainer(cfg, mode)
+    with pytest.raises(Crash):
+        crashed.fit()
+    monkeypatch.setattr(owner, attr, original)
+    state = load_checkpoint(crashed.run_dir / "last.pt")
+    resumed = build_trainer(cfg, mode, resume=True)
+    resumed.fit()
+    return state, resumed
+
+
+def setup_context(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    sample: torch.Tensor,
+    *,
+    num_classes: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    num_train: int = 0,
+    train_labels: torch.Tensor | None = None,
+    batch_size: int = 8,
+    steps_per_epoch: int = 1,
+    total_epochs: int = 1,
+    normalizer: Normalizer | None = None,
+) -> SetupContext:
+    """A SetupContext for building loss terms outside a run (CPU; `sample` gives the shapes)."""
+    return SetupContext(
+        student=student,
+        teacher=teacher,
+        num_classes=num_classes,
+        num_train=num_train,
+        train_labels=torch.zeros(0, dtype=torch.long) if train_labels is None else train_labels,
+        sample_images=sample,
+        device=torch.device("cpu"),
+        batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch,
+        total_epochs=total_epochs,
+        normalizer=normalizer,  # type: ignore[arg-type]
+        mean=mean,
+        std=std,
+    )

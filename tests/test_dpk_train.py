@@ -13,8 +13,7 @@ from datakd.checkpoint import load_checkpoint
 from datakd.cli import main
 from datakd.engine.build import build_trainer
 from datakd.engine.metrics import read_metrics
-from datakd.engine.trainer import Trainer
-from tests.helpers import tiny_config, train_tiny_teacher
+from tests.helpers import crash_and_resume, tiny_config, train_tiny_teacher
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +78,6 @@ def test_cka_command_matrix_and_teacher_ranking(runs: dict, tmp_path: Path, caps
     assert main([*args[:-2], "--batch-size", "2"]) == 2  # a one-line error, not a traceback
 
 
-class Crash(RuntimeError):
-    pass
-
-
 def test_resume_mid_epoch_is_bit_identical(teacher: Path, tmp_path: Path, monkeypatch) -> None:
     """The per-stage modules, the epoch-window HSIC sums and the last π are part of the run state."""
 
@@ -97,22 +92,9 @@ def test_resume_mid_epoch_is_bit_identical(teacher: Path, tmp_path: Path, monkey
         )
 
     build_trainer(config(tmp_path / "reference"), "distill").fit()
-    original, calls = Trainer.train_step, {"n": 0}
-
-    def failing_step(self, batch):
-        calls["n"] += 1
-        if (
-            calls["n"] == 8
-        ):  # last step of epoch 2 (4 steps per epoch); the checkpoint after step 6 is the last
-            raise Crash
-        return original(self, batch)
-
-    monkeypatch.setattr(Trainer, "train_step", failing_step)
-    with pytest.raises(Crash):
-        build_trainer(config(tmp_path / "crashed"), "distill").fit()
-    monkeypatch.setattr(Trainer, "train_step", original)
-    assert (load_checkpoint(tmp_path / "crashed/last.pt")["step"]) == 2  # resumes mid-epoch
-    build_trainer(config(tmp_path / "crashed"), "distill", resume=True).fit()
+    # crash at step 8: the last of epoch 2 (4 steps per epoch); the checkpoint after step 6 is the last
+    state, _ = crash_and_resume(config(tmp_path / "crashed"), "distill", 8, monkeypatch)
+    assert state["step"] == 2  # resumes mid-epoch
     reference, resumed = (
         load_checkpoint(tmp_path / "reference/last.pt"),
         load_checkpoint(tmp_path / "crashed/last.pt"),

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from datakd.api.context import SetupContext, TermInputs, View, record
+from datakd.api.context import TermInputs, View, record
 from datakd.config import load_config
 from datakd.losses.base import build_terms
 from datakd.models import create
+from tests.helpers import setup_context
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDER = REPO / "recipes" / "cifar100" / "baselines"
@@ -74,20 +75,18 @@ def test_recipe_builds_and_steps(path: Path) -> None:
 
     student, teacher = model(cfg.student.name), model(cfg.teacher.name).eval()
     terms = build_terms(cfg.loss)
-    ctx = SetupContext(
-        student=student,
-        teacher=teacher,
+    ctx = setup_context(
+        student,
+        teacher,
+        torch.randn(2, 3, 32, 32),
         num_classes=100,
+        mean=(0.5071, 0.4867, 0.4408),
+        std=(0.2675, 0.2565, 0.2761),
         num_train=50_000,
         train_labels=torch.arange(50_000) % 100,
-        sample_images=torch.randn(2, 3, 32, 32),
-        device=torch.device("cpu"),
         batch_size=64,
         steps_per_epoch=782,
         total_epochs=240,
-        normalizer=None,
-        mean=(0.5071, 0.4867, 0.4408),
-        std=(0.2675, 0.2565, 0.2761),
     )
     for term in terms:
         term.setup(ctx)

@@ -10,11 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datakd.api.context import SetupContext, TermInputs, View
+from datakd.api.context import TermInputs, View
 from datakd.errors import DatakdError
 from datakd.losses.base import build_terms
 from datakd.losses.crd import ContrastiveRepresentation
 from datakd.models import create
+from tests.helpers import setup_context
 
 N, CLASSES, DIM = 60, 4, 16
 LABELS = torch.arange(N) % CLASSES
@@ -28,20 +29,15 @@ def models() -> tuple[torch.nn.Module, torch.nn.Module]:
 def make_term(models, n: int = N, labels: torch.Tensor = LABELS, **options) -> ContrastiveRepresentation:
     (term,) = build_terms({"crd": {"feat_dim": DIM, "nce_k": 8, **options}})
     student, teacher = models
-    ctx = SetupContext(
-        student=student,
-        teacher=teacher,
+    ctx = setup_context(
+        student,
+        teacher,
+        torch.randn(2, 1, 28, 28),
         num_classes=CLASSES,
-        num_train=n,
-        train_labels=labels,
-        sample_images=torch.randn(2, 1, 28, 28),
-        device=torch.device("cpu"),
-        batch_size=8,
-        steps_per_epoch=1,
-        total_epochs=1,
-        normalizer=None,
         mean=(0.5,),
         std=(0.5,),
+        num_train=n,
+        train_labels=labels,
     )
     term.setup(ctx)
     return term

@@ -15,6 +15,7 @@ from datakd.losses import relations as R
 from datakd.losses.base import build_terms
 from datakd.losses.feature_connectors import HintRegressor
 from datakd.models import create
+from tests.helpers import setup_context
 
 METHODS = ("fitnet", "at", "sp", "cc", "rkd", "pkt", "vid", "crd", "reviewkd")
 PAIRS = [  # teacher, student (the last two differ in spatial sizes at equal stage index)
@@ -34,20 +35,16 @@ def model(name: str) -> torch.nn.Module:
 
 
 def setup_ctx(student: torch.nn.Module, teacher: torch.nn.Module) -> SetupContext:
-    return SetupContext(
-        student=student,
-        teacher=teacher,
+    return setup_context(
+        student,
+        teacher,
+        torch.randn(2, 3, 32, 32),
         num_classes=100,
-        num_train=32,
-        train_labels=torch.arange(32) % 100,
-        sample_images=torch.randn(2, 3, 32, 32),
-        device=torch.device("cpu"),
-        batch_size=4,
-        steps_per_epoch=1,
-        total_epochs=1,
-        normalizer=None,
         mean=(0.5, 0.5, 0.5),
         std=(0.25, 0.25, 0.25),
+        num_train=32,
+        train_labels=torch.arange(32) % 100,
+        batch_size=4,
     )
 
 

@@ -11,8 +11,7 @@ import torch
 
 from datakd.api.context import record
 from datakd.engine.build import build_trainer
-from datakd.engine.trainer import Trainer
-from tests.helpers import tiny_config
+from tests.helpers import crash_and_resume, tiny_config
 
 DATA = {"train_subset": 1024}
 
@@ -84,10 +83,6 @@ def test_crd_student_learns_and_its_bank_tracks_embeddings(crd_run) -> None:
     assert (term.memory_t[:128] * vt).sum(1).mean() > 0.5
 
 
-class Crash(RuntimeError):
-    pass
-
-
 def test_crd_resumes_bit_identically(tmp_path: Path, teacher_ckpt: Path, crd_run, monkeypatch) -> None:
     """Memory, Z and the negatives' RNG are part of the checkpoint: a crash mid-epoch changes nothing."""
     reference = crd_run[2]
@@ -99,20 +94,8 @@ def test_crd_resumes_bit_identically(tmp_path: Path, teacher_ckpt: Path, crd_run
         loss={"ce": {"weight": 1.0}, **CRD},
         engine={"checkpoint_every_iters": 5, "tensorboard": False},
     )
-    original, calls = Trainer.train_step, {"n": 0}
-
-    def failing_step(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 23:  # mid epoch 2 (16 steps per epoch); the checkpoint at step 20 survives
-            raise Crash
-        return original(self, batch)
-
-    monkeypatch.setattr(Trainer, "train_step", failing_step)
-    with pytest.raises(Crash):
-        build_trainer(cfg, "distill").fit()
-    monkeypatch.setattr(Trainer, "train_step", original)
-    resumed = build_trainer(cfg, "distill", resume=True)
-    resumed.fit()
+    # crash at step 23: mid epoch 2 (16 steps per epoch); the checkpoint at step 20 survives
+    _, resumed = crash_and_resume(cfg, "distill", 23, monkeypatch)
     ours, theirs = resumed.term("crd"), reference.term("crd")
     for name in ("memory_s", "memory_t", "z"):
         assert torch.equal(getattr(ours, name), getattr(theirs, name)), name

@@ -15,10 +15,9 @@ import torch
 from datakd.checkpoint import load_checkpoint
 from datakd.engine.build import build_trainer
 from datakd.engine.metrics import read_metrics
-from datakd.engine.trainer import Trainer
 from datakd.errors import DatakdError
 from datakd.plots.base import PLOTS
-from tests.helpers import tiny_config
+from tests.helpers import crash_and_resume, tiny_config
 
 KD_MAIN = {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "temperature": 4.0}}
 KD_MIX = {"kd_mix": {"type": "kd", "views": ["mix"], "weight": 0.9, "temperature": 4.0}}
@@ -71,10 +70,6 @@ def test_pick_student_learns_and_logs_the_ratio(tmp_path: Path, teacher_ckpt: Pa
     assert [p.name for p in pngs] == ["pick_ratio.png"] and pngs[0].stat().st_size > 0
 
 
-class Crash(RuntimeError):
-    pass
-
-
 def test_resume_mid_epoch_with_pick_is_bit_identical(tmp_path: Path, teacher_ckpt: Path, monkeypatch) -> None:
     augmenter = {"name": "tlcutmix_pick", "score_mode": "train"}
     data = {"train_subset": 256}  # 4 steps per epoch
@@ -84,22 +79,9 @@ def test_resume_mid_epoch_with_pick_is_bit_identical(tmp_path: Path, teacher_ckp
     crashed = tmp_path / "crashed"
     engine = {"checkpoint_every_iters": 2, "tensorboard": False}
     cfg = tl_config(crashed, teacher_ckpt, augmenter, data=data, engine=engine)
-    original = Trainer.train_step
-    calls = {"n": 0}
-
-    def failing_step(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 8:  # last step of epoch 2; the checkpoint after global step 6 is the last
-            raise Crash
-        return original(self, batch)
-
-    monkeypatch.setattr(Trainer, "train_step", failing_step)
-    with pytest.raises(Crash):
-        build_trainer(cfg, "distill").fit()
-    monkeypatch.setattr(Trainer, "train_step", original)
-    state = load_checkpoint(crashed / "last.pt")
+    # crash at step 8: the last of epoch 2; the checkpoint after global step 6 is the last
+    state, _ = crash_and_resume(cfg, "distill", 8, monkeypatch)
     assert (state["epoch"], state["step"]) == (1, 2)
-    build_trainer(cfg, "distill", resume=True).fit()
     a, b = load_checkpoint(reference / "last.pt")["model"], load_checkpoint(crashed / "last.pt")["model"]
     assert a.keys() == b.keys()
     for key in a:  # BN running statistics included: train-mode scoring updates them

@@ -16,9 +16,8 @@ import yaml
 
 from datakd.checkpoint import load_checkpoint
 from datakd.engine.build import build_trainer
-from datakd.engine.trainer import Trainer
 from datakd.errors import ConfigError, DatakdError, NonFiniteLossError
-from tests.helpers import tiny_config, train_tiny_teacher
+from tests.helpers import crash_and_resume, tiny_config, train_tiny_teacher
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,32 +70,16 @@ def test_student_learns_on_real_data(tmp_path: Path) -> None:
     assert summary["top1_last"] > 45.0
 
 
-class Crash(RuntimeError):
-    pass
-
-
 def test_resume_after_crash_is_bit_identical(tmp_path: Path, teacher_ckpt: Path, monkeypatch) -> None:
     reference = tmp_path / "reference"
     build_trainer(kd_config(reference, teacher_ckpt), "distill").fit()
 
     crashed = tmp_path / "crashed"
     cfg = kd_config(crashed, teacher_ckpt, engine={"checkpoint_every_iters": 3, "tensorboard": False})
-    original = Trainer.train_step
-    calls = {"n": 0}
-
-    def failing_step(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 11:  # mid epoch 2 (8 steps per epoch); the checkpoint at step 9 is the last
-            raise Crash
-        return original(self, batch)
-
-    monkeypatch.setattr(Trainer, "train_step", failing_step)
-    with pytest.raises(Crash):
-        build_trainer(cfg, "distill").fit()
-    monkeypatch.setattr(Trainer, "train_step", original)
-    state = load_checkpoint(crashed / "last.pt")
+    # crash at step 11: mid epoch 2 (8 steps per epoch); the checkpoint at step 9 is the last
+    state, resumed = crash_and_resume(cfg, "distill", 11, monkeypatch)
     assert (state["epoch"], state["step"]) == (1, 1)
-    summary = build_trainer(cfg, "distill", resume=True).fit()
+    summary = resumed.summary()
     assert_identical(weights(reference / "last.pt"), weights(crashed / "last.pt"))
     ref_summary = json.loads((reference / "summary.json").read_text())
     assert summary["top1_last"] == ref_summary["top1_last"]

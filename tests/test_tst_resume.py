@@ -11,17 +11,13 @@ import torch
 import datakd.augmenters.tst.augmenter as tst_augmenter
 from datakd.checkpoint import load_checkpoint
 from datakd.engine.build import build_trainer
-from datakd.engine.trainer import Trainer
+from tests.helpers import crash_and_resume
 from tests.tst_helpers import tst_config, tst_encoders, tst_teacher
 
 # 512 images = 8 steps per epoch; Stage II before epoch 2: 2 passes of 3 batches; a checkpoint every 2
 # steps, in Stage II as in Stage III.
 EVENTS = [{"name": "tst_search", "at": [1], "epochs": 2, "max_steps": 3}]
 ENGINE = {"checkpoint_every_iters": 2, "tensorboard": False}
-
-
-class Crash(RuntimeError):
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -48,23 +44,10 @@ def test_crash_in_stage_three_after_stage_two(setup, tmp_path: Path, monkeypatch
     teacher, encoders, reference = setup
     run = tmp_path / "run"
     cfg = tst_config(run, teacher, encoders, events=EVENTS, engine=ENGINE)
-    original = Trainer.train_step
-    calls = {"n": 0}
-
-    def failing(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 12:  # epoch 2, after its Stage II call and 3 student steps
-            raise Crash
-        return original(self, batch)
-
-    monkeypatch.setattr(Trainer, "train_step", failing)
-    with pytest.raises(Crash):
-        build_trainer(cfg, "distill").fit()
-    monkeypatch.setattr(Trainer, "train_step", original)
-    state = load_checkpoint(run / "last.pt")
+    # crash at student step 12: epoch 2, after its Stage II call and 3 student steps
+    state, _ = crash_and_resume(cfg, "distill", 12, monkeypatch)
     assert (state["epoch"], state["step"]) == (1, 2)
     assert state["augmenter_extra"]["calls"] == 1 and state["augmenter_extra"]["search"] is None
-    build_trainer(cfg, "distill", resume=True).fit()
     assert_same_run(reference, run)
 
 
@@ -72,23 +55,10 @@ def test_crash_inside_stage_two(setup, tmp_path: Path, monkeypatch) -> None:
     teacher, encoders, reference = setup
     run = tmp_path / "run"
     cfg = tst_config(run, teacher, encoders, events=EVENTS, engine=ENGINE)
-    original = tst_augmenter.search_step
-    calls = {"n": 0}
-
-    def failing(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:  # pass 2, second batch; the last checkpoint is pass 1 after 2 batches
-            raise Crash
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(tst_augmenter, "search_step", failing)
-    with pytest.raises(Crash):
-        build_trainer(cfg, "distill").fit()
-    monkeypatch.setattr(tst_augmenter, "search_step", original)
-    state = load_checkpoint(run / "last.pt")
+    # crash at Stage II step 5: pass 2, second batch; the last checkpoint is pass 1 after 2 batches
+    state, _ = crash_and_resume(cfg, "distill", 5, monkeypatch, owner=tst_augmenter, attr="search_step")
     search = state["augmenter_extra"]["search"]
     assert (state["epoch"], state["step"]) == (1, 0)
     assert (search["epoch"], search["pass"], search["step"]) == (1, 0, 2)
     assert search["optimizer"]["state"]  # SGD momentum buffers of θ are saved
-    build_trainer(cfg, "distill", resume=True).fit()
     assert_same_run(reference, run)

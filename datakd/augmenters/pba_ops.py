@@ -1,10 +1,9 @@
 """The 15 image operations of Population Based Augmentation (Ho et al. 2019) on uint8 image batches.
 
-PBA applies them to PIL images one at a time; here each op runs once on a whole subset of a batch
-(torchvision.transforms.v2.functional on uint8 tensors, on the batch's device). The level → parameter
-table is PBA's (``PARAMETER_MAX = 10``, ``int()`` truncation), see `op_parameter`. Geometry follows PIL:
-shears are about the top-left corner (PIL affine coefficients), rotations about the centre, both
-nearest-neighbour; translations move the content by whole pixels.
+PBA applies them to PIL images one at a time; here each op runs once on a whole subset of a batch, through
+the shared op library `datakd.augmenters.image_ops` (its conventions are PIL's). The level → parameter
+table is PBA's (``PARAMETER_MAX = 10``, ``int()`` truncation), see `op_parameter`; a translation level is
+PIL's affine offset t (content moves by −t).
 
 Fill: PBA draws on RGBA images and maps fully transparent pixels (outside a rotated/sheared/translated
 image, inside its op-Cutout box) to 0 *after normalisation*, i.e. to the dataset mean colour. We fill with
@@ -14,13 +13,11 @@ that a later op in the same image also acts on the filled pixels, where PBA woul
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
+from datakd.augmenters import image_ops as ops
 from datakd.errors import DatakdError
 
 #: PBA's op order (``augmentation_transforms_hp.HP_TRANSFORMS``); policy entry i belongs to ``OPS[i % 15]``.
@@ -44,7 +41,6 @@ OPS: tuple[str, ...] = (
 #: Ops whose parameter gets a random sign (probability 1/2 each) every time they are applied.
 SIGNED_OPS = frozenset({"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"})
 PARAMETER_MAX = 10
-NEAREST = InterpolationMode.NEAREST
 
 
 def _int_parameter(level: int, maxval: int) -> int:
@@ -109,52 +105,29 @@ def apply_op(
     """
     fill_list = [float(v) for v in fill]
     if op == "AutoContrast":
-        return TF.autocontrast(images)
+        return ops.autocontrast(images)
     if op == "Equalize":
-        return TF.equalize(images)
+        return ops.equalize(images)
     if op == "Invert":
-        return TF.invert(images)
+        return ops.invert(images)
     assert parameter is not None
     if op == "Rotate":
-        return TF.rotate(images, parameter, interpolation=NEAREST, fill=fill_list)
+        return ops.rotate(images, parameter, fill_list)
     if op == "Posterize":
-        return TF.posterize(images, int(parameter))
+        return ops.posterize(images, int(parameter))
     if op == "Solarize":
-        return images if parameter > 255 else TF.solarize(images, parameter)
-    if op == "Color":
-        return TF.adjust_saturation(images, parameter)
-    if op == "Contrast":
-        return TF.adjust_contrast(images, parameter)
-    if op == "Brightness":
-        return TF.adjust_brightness(images, parameter)
-    if op == "Sharpness":
-        return TF.adjust_sharpness(images, parameter)
+        return images if parameter > 255 else ops.solarize(images, parameter)
+    if op in ("Color", "Contrast", "Brightness", "Sharpness"):
+        return ops.enhance(images, op, parameter)
     if op in ("ShearX", "ShearY"):
-        # PIL's affine (1, m, 0, 0, 1, 0) maps output (x, y) to input (x + m·y, y): a shear about the origin
-        # by atan(m), which is torchvision's shear angle with the centre at the top-left corner.
-        angle = math.degrees(math.atan(parameter))
-        shear = [angle, 0.0] if op == "ShearX" else [0.0, angle]
-        return TF.affine(
-            images,
-            angle=0.0,
-            translate=[0, 0],
-            scale=1.0,
-            shear=shear,
-            interpolation=NEAREST,
-            fill=fill_list,
-            center=[0, 0],
-        )
+        return ops.shear(images, "x" if op == "ShearX" else "y", parameter, fill_list)
     if op in ("TranslateX", "TranslateY"):
-        # PIL's affine (1, 0, t, 0, 1, 0) reads input x + t, i.e. moves the content by −t.
-        shift = [-int(parameter), 0] if op == "TranslateX" else [0, -int(parameter)]
-        return TF.affine(
-            images,
-            angle=0.0,
-            translate=shift,
-            scale=1.0,
-            shear=[0.0, 0.0],
-            interpolation=NEAREST,
-            fill=fill_list,
+        # PBA's parameter t is PIL's affine (1, 0, t, 0, 1, 0), which reads input x + t: content moves by −t.
+        shift = -int(parameter)
+        return (
+            ops.translate(images, shift, 0, fill_list)
+            if op == "TranslateX"
+            else ops.translate(images, 0, shift, fill_list)
         )
     if op == "Cutout":
         size = int(parameter)

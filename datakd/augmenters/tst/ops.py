@@ -3,17 +3,15 @@
 Order = the order of θ_p in the authors' code (spec §1.3): 6 colour ops and 5 affine ops with a magnitude
 (fitted by meta-encoders in Stage I), then Equalize, Invert and an image-sized Cutout, used as fixed ops.
 Magnitude ranges are torchvision's RandAugment space with 10 bins: m ∈ [0, 1) → bin ⌊10m⌋ → value.
-Every op works on a whole uint8 batch (N×C×H×W) with one magnitude, as torchvision's v2 functional ops do.
+Every op works on a whole uint8 batch (N×C×H×W) with one magnitude, through the shared op library
+`datakd.augmenters.image_ops`; a translation magnitude is the content shift (right/down positive).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
+from datakd.augmenters import image_ops
 from datakd.errors import ConfigError, choice_error
 
 COLOR_OPS = ("Brightness", "Color", "Contrast", "Sharpness", "Posterize", "Solarize")
@@ -65,44 +63,28 @@ def apply_pixel_op(images: torch.Tensor, name: str, value: float = 0.0) -> torch
     """
     if images.dtype != torch.uint8:
         raise TypeError(f"pixel ops take uint8 images, got {images.dtype}")
-    nearest = InterpolationMode.NEAREST
-    if name == "Brightness":
-        return TF.adjust_brightness(images, 1.0 + value)
-    if name == "Color":
-        return TF.adjust_saturation(images, 1.0 + value)
-    if name == "Contrast":
-        return TF.adjust_contrast(images, 1.0 + value)
-    if name == "Sharpness":
-        return TF.adjust_sharpness(images, 1.0 + value)
+    if name in ("Brightness", "Color", "Contrast", "Sharpness"):
+        return image_ops.enhance(images, name, 1.0 + value)
     if name == "Posterize":
-        return TF.posterize(images, int(value))
+        return image_ops.posterize(images, int(value))
     if name == "Solarize":
-        return TF.solarize(images, value)
+        return image_ops.solarize(images, value)
     if name in ("ShearX", "ShearY"):
-        # torchvision's shear is an angle; atan(v) gives the shear factor v, about the top-left corner.
-        angle = math.degrees(math.atan(value))
-        shear = [angle, 0.0] if name == "ShearX" else [0.0, angle]
-        return TF.affine(
-            images,
-            angle=0.0,
-            translate=[0, 0],
-            scale=1.0,
-            shear=shear,
-            interpolation=nearest,
-            fill=0,
-            center=[0, 0],
-        )
+        return image_ops.shear(images, "x" if name == "ShearX" else "y", value, 0)
     if name in ("TranslateX", "TranslateY"):
-        shift = [int(value), 0] if name == "TranslateX" else [0, int(value)]
-        return TF.affine(
-            images, angle=0.0, translate=shift, scale=1.0, shear=[0.0, 0.0], interpolation=nearest, fill=0
+        # TST's magnitude is the content shift itself (right/down for positive values), fill 0.
+        shift = int(value)
+        return (
+            image_ops.translate(images, shift, 0, 0)
+            if name == "TranslateX"
+            else image_ops.translate(images, 0, shift, 0)
         )
     if name == "Rotate":
-        return TF.rotate(images, value, interpolation=nearest, fill=0)
+        return image_ops.rotate(images, value, 0)
     if name == "Equalize":
-        return TF.equalize(images)
+        return image_ops.equalize(images)
     if name == "Invert":
-        return TF.invert(images)
+        return image_ops.invert(images)
     raise choice_error("pixel op", name, [o for o in OPS if o != "Cutout"], ConfigError)
 
 
