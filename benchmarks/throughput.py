@@ -47,6 +47,7 @@ from benchmarks import common
 from datakd.checkpoint import atomic_save
 from datakd.config import config_from_dict
 from datakd.engine.build import build_trainer
+from datakd.events.tst_search import TSTSearch
 from datakd.losses import functional as LF
 from datakd.models import create
 
@@ -166,11 +167,12 @@ def time_trainer(
 
 
 def time_tst_search(trainer, args: argparse.Namespace) -> float:
-    """TST Stage II throughput: `augmenter.search` capped at warm-up, then at the timed number of batches."""
-    trainer.augmenter.search(trainer, 0, 1, max_steps=max(1, args.warmup))
+    """TST Stage II throughput: the tst_search event's search capped at warm-up, then at the timed batches."""
+    stage_two = TSTSearch()
+    stage_two.search(trainer, 0, 1, max_steps=max(1, args.warmup))
     sync(trainer.device)
     start = time.perf_counter()
-    trainer.augmenter.search(trainer, 1, 1, max_steps=args.steps)
+    stage_two.search(trainer, 1, 1, max_steps=args.steps)
     sync(trainer.device)
     return args.steps * args.batch_size / (time.perf_counter() - start)
 

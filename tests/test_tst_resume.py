@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import datakd.augmenters.tst.augmenter as tst_augmenter
+import datakd.events.tst_search as tst_search
 from datakd.checkpoint import load_checkpoint
 from datakd.engine.build import build_trainer
 from tests.helpers import crash_and_resume
@@ -34,7 +34,7 @@ def assert_same_run(reference: Path, other: Path) -> None:
         assert a[part].keys() == b[part].keys()
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs"
-    assert a["augmenter_extra"]["history"] == b["augmenter_extra"]["history"]
+    assert a["events"][0]["history"] == b["events"][0]["history"]
     assert (reference / "tst_policy.csv").read_text() == (other / "tst_policy.csv").read_text()
     assert [r["test_top1"] for r in a["history"]] == [r["test_top1"] for r in b["history"]]
     assert len((other / "metrics.csv").read_text().splitlines()) == 4  # header + 3 epochs, no duplicates
@@ -47,7 +47,7 @@ def test_crash_in_stage_three_after_stage_two(setup, tmp_path: Path, monkeypatch
     # crash at student step 12: epoch 2, after its Stage II call and 3 student steps
     state, _ = crash_and_resume(cfg, "distill", 12, monkeypatch)
     assert (state["epoch"], state["step"]) == (1, 2)
-    assert state["augmenter_extra"]["calls"] == 1 and state["augmenter_extra"]["search"] is None
+    assert state["events"][0]["calls"] == 1 and state["events"][0]["search"] is None
     assert_same_run(reference, run)
 
 
@@ -56,8 +56,8 @@ def test_crash_inside_stage_two(setup, tmp_path: Path, monkeypatch) -> None:
     run = tmp_path / "run"
     cfg = tst_config(run, teacher, encoders, events=EVENTS, engine=ENGINE)
     # crash at Stage II step 5: pass 2, second batch; the last checkpoint is pass 1 after 2 batches
-    state, _ = crash_and_resume(cfg, "distill", 5, monkeypatch, owner=tst_augmenter, attr="search_step")
-    search = state["augmenter_extra"]["search"]
+    state, _ = crash_and_resume(cfg, "distill", 5, monkeypatch, owner=tst_search, attr="search_step")
+    search = state["events"][0]["search"]
     assert (state["epoch"], state["step"]) == (1, 0)
     assert (search["epoch"], search["pass"], search["step"]) == (1, 0, 2)
     assert search["optimizer"]["state"]  # SGD momentum buffers of θ are saved

@@ -60,7 +60,7 @@ def test_student_learns_with_tst_and_stage_two_fires(tmp_path: Path, teacher: Pa
     for i, op in enumerate(final):
         assert torch.sigmoid(logits[i]).item() == pytest.approx(float(final[op]["p"]), abs=1e-5)
     assert not any(k.startswith("policy.encoders") and v.requires_grad for k, v in state["augmenter"].items())
-    assert state["augmenter_extra"]["calls"] == 1 and state["augmenter_extra"]["search"] is None
+    assert state["events"][0]["calls"] == 1 and state["events"][0]["search"] is None
 
     assert cli_main(["plot", "tst", str(out), "--out", str(tmp_path / "plots")]) == 0
     assert (tmp_path / "plots" / "tst_policy.png").stat().st_size > 10_000
