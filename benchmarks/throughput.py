@@ -109,8 +109,9 @@ def method_sections(method: str, workdir: Path, args: argparse.Namespace) -> dic
 
 def tst_encoders(workdir: Path, args: argparse.Namespace) -> Path:
     """A quick Stage I fit (two iterations per op): the encoders' cost does not depend on their fit."""
-    from datakd.augmenters.tst.fitting import FitConfig, fit_or_load
+    from datakd.augmenters.tst.encoder_file import FitConfig
     from datakd.config import DataConfig
+    from datakd.jobs.tst_fit import fit_or_load
 
     path = workdir / "tst_encoders.pt"
     fit_or_load(path, DataConfig(**data_section(args)), FitConfig(max_iters=2), torch.device(args.device))

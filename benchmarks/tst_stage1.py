@@ -21,9 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datakd.augmenters.tst.fitting import FitConfig, fit_or_load, format_report
+from datakd.augmenters.tst.encoder_file import FitConfig
 from datakd.config import DataConfig
 from datakd.engine.build import resolve_device
+from datakd.jobs.tst_fit import fit_or_load, format_report
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from datakd.augmenters.tst.fitting import load_encoders
+from datakd.augmenters.tst.encoder_file import load_encoders
 from datakd.cli import main
 
 QUICK = ["--max-iters", "2", "--subset", "64", "data.options.pad_to_32=true", "data.options.rgb=true"]

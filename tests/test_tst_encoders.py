@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
+from datakd.augmenters.tst.encoder_file import FitConfig
 from datakd.augmenters.tst.encoders import ColorEncoder, SpatialEncoder, make_encoders, relaxed_bernoulli
-from datakd.augmenters.tst.fitting import FitConfig, content_hash, fit_encoders, prepare_data
 from datakd.augmenters.tst.ops import (
     AFFINE_OPS,
     COLOR_OPS,
@@ -20,6 +20,7 @@ from datakd.augmenters.tst.ops import (
 )
 from datakd.config import DataConfig
 from datakd.errors import ConfigError
+from datakd.jobs.tst_fit import content_hash, fit_encoders, prepare_data
 
 RGB32 = {"pad_to_32": True, "rgb": True}
 

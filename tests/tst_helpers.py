@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 import torch
 
-from datakd.augmenters.tst.fitting import FitConfig, fit_or_load
+from datakd.augmenters.tst.encoder_file import FitConfig
 from datakd.config import RunConfig
 from datakd.engine.build import build_trainer
+from datakd.jobs.tst_fit import fit_or_load
 from tests.helpers import tiny_config
 
 # Colour ops need RGB: the Fashion-MNIST slice is zero-padded to 32×32 and replicated to 3 channels.

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from datakd.augmenters.tst.fitting import FitConfig, fit_or_load, format_report, load_encoders
+from datakd.augmenters.tst.encoder_file import FitConfig, load_encoders
 from datakd.commands.base import Command, register_command
 from datakd.config import load_config
 from datakd.engine.build import resolve_device
 from datakd.errors import ConfigError
+from datakd.jobs.tst_fit import fit_or_load, format_report
 
 FLAGS = {
     "epochs_spatial": int,

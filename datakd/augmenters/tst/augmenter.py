@@ -20,8 +20,8 @@ import torch
 
 from datakd.api.context import SetupContext, StepContext, View
 from datakd.augmenters.base import Augmenter, register_augmenter
+from datakd.augmenters.tst.encoder_file import FitConfig, check_compatible, load_encoders
 from datakd.augmenters.tst.encoders import make_encoders
-from datakd.augmenters.tst.fitting import FitConfig, check_compatible, load_encoders
 from datakd.augmenters.tst.ops import MAGNITUDE_OPS, OPS
 from datakd.augmenters.tst.policy import RBD_MODES, TSTPolicy
 from datakd.checkpoint import atomic_write_text
