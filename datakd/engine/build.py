@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,7 @@ from torch import nn
 
 from datakd.api import distributed as D
 from datakd.api.context import SetupContext
-from datakd.augmenters.base import build_augmenter
+from datakd.augmenters.base import Augmenter, build_augmenter
 from datakd.checkpoint import load_checkpoint, seed_everything
 from datakd.config import RunConfig
 from datakd.data.base import ImageArrays
@@ -18,12 +20,12 @@ from datakd.data.build import eval_loader, load_dataset, make_normalizer, train_
 from datakd.data.file_loader import decode
 from datakd.engine.trainer import Trainer
 from datakd.errors import ConfigError, DatakdError
-from datakd.events.base import build_events
-from datakd.losses.base import build_terms
+from datakd.events.base import StageEvent, build_events
+from datakd.losses.base import LossTerm, build_terms
 from datakd.models import create
 from datakd.models.checkpoint_io import load_weights
 from datakd.models.loading import freeze_teacher, load_model
-from datakd.targets.base import build_target_transform
+from datakd.targets.base import TargetTransform, build_target_transform
 
 MODES = ("train", "distill")
 
@@ -66,37 +68,114 @@ def _sample_images(bundle: Any, normalizer: Any, device: torch.device, image_siz
 
 
 def build_trainer(cfg: RunConfig, mode: str, run_dir: Path | None = None, resume: bool = False) -> Trainer:
-    """Everything a run needs, validated before the first step; `resume` loads ``run_dir/last.pt``."""
+    """Everything a run needs, validated before the first step; `resume` loads ``run_dir/last.pt``.
+
+    The steps run in this order on purpose: cheap checks first (mode, device, run directory, names), then
+    seeding, so that model initialisation, method construction and setup draw from the seeded RNG in the
+    same order every time.
+    """
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}; valid choices: {', '.join(MODES)}")
     device = resolve_device(cfg.device)
-    run_dir = Path(run_dir or cfg.out or default_run_dir(cfg))
+    run_dir = _check_run_dir(cfg, run_dir, resume)
+    _check_names(cfg, mode)
+    _seed_process(cfg, device)
+    rank, world = D.rank(), D.world_size()
+
+    bundle, eval_split = load_dataset(cfg.data, cfg.seed)
+    normalizer = make_normalizer(bundle, device, cfg.engine.channels_last)
+    models = load_models(cfg, mode, bundle.num_classes, device)
+    methods = build_methods(cfg, mode)
+
+    loader = train_loader(
+        cfg.data, bundle, normalizer, device, cfg.seed, methods.augmenter.raw_transform(), rank, world
+    )
+    evaluator = eval_loader(cfg.data, bundle, normalizer, device, rank, world)
+    ctx = SetupContext(
+        student=models.student,
+        teacher=models.teacher,
+        num_classes=bundle.num_classes,
+        num_train=len(bundle.train),
+        train_labels=bundle.train.labels,
+        sample_images=_sample_images(bundle, normalizer, device, cfg.data.image_size),
+        device=device,
+        batch_size=cfg.data.batch_size,
+        steps_per_epoch=len(loader),
+        total_epochs=cfg.total_epochs,
+        normalizer=normalizer,
+        mean=bundle.mean,
+        std=bundle.std,
+        seed=cfg.seed,
+        run_dir=run_dir,
+        extra={"bundle": bundle, "config": cfg},
+    )
+    methods.setup(ctx, device)
+
+    trainer = Trainer(
+        cfg,
+        run_dir,
+        device,
+        bundle,
+        eval_split,
+        loader,
+        evaluator,
+        normalizer,
+        models.student,
+        models.teacher,
+        models.teacher_source,
+        methods.terms,
+        methods.augmenter,
+        methods.target_transform,
+        methods.events,
+        models.teacher_loader,
+    )
     last = run_dir / "last.pt"
-    if not resume and last.exists():
+    if resume and last.exists():
+        trainer.load_state(last)
+    return trainer
+
+
+def _check_run_dir(cfg: RunConfig, run_dir: Path | None, resume: bool) -> Path:
+    """The run directory; an existing run there is continued only with `resume`."""
+    run_dir = Path(run_dir or cfg.out or default_run_dir(cfg))
+    if not resume and (run_dir / "last.pt").exists():
         raise DatakdError(
             f"run directory {str(run_dir)!r} already holds a run; pass --resume to continue it "
             "or choose another --out"
         )
-    _check_names(cfg, mode)
+    return run_dir
+
+
+def _seed_process(cfg: RunConfig, device: torch.device) -> None:
     seed_everything(cfg.seed, cfg.engine.deterministic)
     if device.type == "cpu":
         # Subnormal floats (tiny KD gradients late in training) slow CPU kernels by 10-20x; flushing them to
         # zero changes nothing measurable and keeps CPU throughput steady.
         torch.set_flush_denormal(True)
-    rank, world = D.rank(), D.world_size()
 
-    bundle, eval_split = load_dataset(cfg.data, cfg.seed)
-    normalizer = make_normalizer(bundle, device, cfg.engine.channels_last)
 
+@dataclass
+class Models:
+    """The run's student (on the device) and teacher (frozen), and how to load another teacher later."""
+
+    student: nn.Module
+    teacher: nn.Module | None
+    teacher_source: dict[str, Any] | None
+    teacher_loader: Callable[[str, str | None], tuple[nn.Module, dict[str, Any]]]
+
+
+def load_models(cfg: RunConfig, mode: str, num_classes: int, device: torch.device) -> Models:
+    """The student (created, optionally initialised from a checkpoint or the teacher) and, to distil, the
+    teacher; `teacher_loader` is what `switch_teacher` uses later."""
     if not cfg.student.name:
         raise ConfigError("no model to train: set student.name (or model.name) in the recipe")
-    student = create(cfg.student.name, bundle.num_classes, **cfg.student.kwargs)
+    student = create(cfg.student.name, num_classes, **cfg.student.kwargs)
     if cfg.student.checkpoint:
         load_weights(student, load_checkpoint(cfg.student.checkpoint))
 
     def teacher_loader(checkpoint: str, name: str | None) -> tuple[nn.Module, dict[str, Any]]:
         kwargs = cfg.teacher.kwargs if checkpoint == cfg.teacher.checkpoint else None
-        model, source = load_model(checkpoint, bundle.num_classes, name, kwargs)
+        model, source = load_model(checkpoint, num_classes, name, kwargs)
         return freeze_teacher(model, device, cfg.engine.channels_last), source
 
     teacher, teacher_source = None, None
@@ -112,7 +191,32 @@ def build_trainer(cfg: RunConfig, mode: str, run_dir: Path | None = None, resume
     student = student.to(device)
     if cfg.engine.channels_last:
         student = student.to(memory_format=torch.channels_last)
+    return Models(student, teacher, teacher_source, teacher_loader)
 
+
+@dataclass
+class Methods:
+    """The run's loss terms, augmenter, target transform and stage events, built from the recipe."""
+
+    terms: list[LossTerm]
+    augmenter: Augmenter
+    target_transform: TargetTransform | None
+    events: list[StageEvent]
+
+    def setup(self, ctx: SetupContext, device: torch.device) -> None:
+        """Augmenter, then terms, then target transform: each sees the models and data facts in `ctx`."""
+        self.augmenter.setup(ctx)
+        self.augmenter.to(device)
+        for term in self.terms:
+            term.setup(ctx)
+            term.to(device)
+        if self.target_transform is not None:
+            self.target_transform.setup(ctx)
+            self.target_transform.to(device)
+
+
+def build_methods(cfg: RunConfig, mode: str) -> Methods:
+    """Build the recipe's methods and check that they fit together (teacher needs, view names)."""
     terms = build_terms(cfg.loss)
     if mode == "train":
         needy = [t.term_name for t in terms if t.needs_teacher and t.weight != 0]
@@ -131,59 +235,7 @@ def build_trainer(cfg: RunConfig, mode: str, run_dir: Path | None = None, resume
             )
     target_transform = build_target_transform(cfg.target_transform)
     events = build_events(cfg.events)
-
-    loader = train_loader(
-        cfg.data, bundle, normalizer, device, cfg.seed, augmenter.raw_transform(), rank, world
-    )
-    evaluator = eval_loader(cfg.data, bundle, normalizer, device, rank, world)
-    ctx = SetupContext(
-        student=student,
-        teacher=teacher,
-        num_classes=bundle.num_classes,
-        num_train=len(bundle.train),
-        train_labels=bundle.train.labels,
-        sample_images=_sample_images(bundle, normalizer, device, cfg.data.image_size),
-        device=device,
-        batch_size=cfg.data.batch_size,
-        steps_per_epoch=len(loader),
-        total_epochs=cfg.total_epochs,
-        normalizer=normalizer,
-        mean=bundle.mean,
-        std=bundle.std,
-        seed=cfg.seed,
-        run_dir=run_dir,
-        extra={"bundle": bundle, "config": cfg},
-    )
-    augmenter.setup(ctx)
-    augmenter.to(device)
-    for term in terms:
-        term.setup(ctx)
-        term.to(device)
-    if target_transform is not None:
-        target_transform.setup(ctx)
-        target_transform.to(device)
-
-    trainer = Trainer(
-        cfg,
-        run_dir,
-        device,
-        bundle,
-        eval_split,
-        loader,
-        evaluator,
-        normalizer,
-        student,
-        teacher,
-        teacher_source,
-        terms,
-        augmenter,
-        target_transform,
-        events,
-        teacher_loader,
-    )
-    if resume and last.exists():
-        trainer.load_state(last)
-    return trainer
+    return Methods(terms, augmenter, target_transform, events)
 
 
 def _check_names(cfg: RunConfig, mode: str) -> None:
