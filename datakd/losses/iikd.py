@@ -27,12 +27,12 @@ from torch import nn
 
 from datakd.api.context import SetupContext, TermInputs
 from datakd.api.features import stage_taps
-from datakd.errors import ConfigError, DatakdError
+from datakd.errors import ConfigError, DatakdError, choice_error
 from datakd.losses import iikd_functional as IF
 from datakd.losses.base import LossTerm, as_list, register_loss
+from datakd.registry import accepted_kwargs
 
 CLIP_MODES = ("unweighted", "weighted", "none")
-PARTS = ("rkd", "svd", "mhgd")
 TEACHER_VECTORS = 1  # KD-SVD/MHGD keep the teacher's leading singular vector ...
 STUDENT_CANDIDATES = 4  # ... and the best-matching of the student's four leading ones
 
@@ -115,37 +115,129 @@ def _connector(in_channels: int, out_channels: int, spatial: bool) -> nn.Module:
     return nn.Linear(in_channels, out_channels, bias=False)
 
 
+class Part:
+    """One piece of a relational term; a term sums its parts in the order it lists them.
+
+    A part owns its recipe options (its constructor's keywords) and adds its value to the running total;
+    the modules it needs (MHGD's heads) are built on the term, so checkpoints keep one layout for every
+    term. `reads_features`: the part needs the taps' singular vectors (KD-SVD, MHGD), not only logits.
+    """
+
+    key: ClassVar[str]
+    reads_features: ClassVar[bool] = True
+
+    def build(self, term: RelationalDistillation, widths: list[int]) -> None:
+        """Create the part's modules on `term` from the teacher taps' channel counts (setup)."""
+
+    def add(
+        self, term: RelationalDistillation, total: torch.Tensor, inputs: TermInputs, vectors: Vectors | None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class RKDPart(Part):
+    """RKD distance + angle on L2-normalised logits (intra-relation)."""
+
+    key = "rkd"
+    reads_features = False
+
+    def __init__(self, distance_weight: float = 50.0, angle_weight: float = 100.0) -> None:
+        self.distance_weight, self.angle_weight = float(distance_weight), float(angle_weight)
+
+    def add(
+        self, term: RelationalDistillation, total: torch.Tensor, inputs: TermInputs, vectors: Vectors | None
+    ) -> torch.Tensor:
+        assert inputs.teacher_logits is not None
+        distance, angle = IF.rkd_logits(
+            inputs.student_logits.float(),
+            inputs.teacher_logits.float(),
+            self.distance_weight,
+            self.angle_weight,
+        )
+        inputs.log(f"{term.term_name}_rkd", (distance + angle).detach())
+        return total + distance + angle
+
+
+class SVDPart(Part):
+    """KD-SVD between consecutive taps' leading singular vectors (inter-relation)."""
+
+    key = "svd"
+
+    def add(
+        self, term: RelationalDistillation, total: torch.Tensor, inputs: TermInputs, vectors: Vectors | None
+    ) -> torch.Tensor:
+        assert vectors is not None
+        svd = IF.kd_svd(*vectors)
+        inputs.log(f"{term.term_name}_svd", svd.detach())
+        return total + svd
+
+
+class MHGDPart(Part):
+    """MHGD's multi-head graph KL between consecutive taps (random fixed heads, or warmed-up heads)."""
+
+    key = "mhgd"
+
+    def __init__(self, heads: int = 4, mhgd_head_warmup_epochs: int = 0, mhgd_head_lr: float = 1e-3) -> None:
+        if heads < 1:
+            raise ConfigError(f"heads must be at least 1, got {heads}")
+        if mhgd_head_warmup_epochs < 0:
+            raise ConfigError(f"mhgd_head_warmup_epochs must be >= 0, got {mhgd_head_warmup_epochs}")
+        self.num_heads = heads
+        self.warmup = int(mhgd_head_warmup_epochs)
+        self.head_lr = mhgd_head_lr
+
+    def build(self, term: RelationalDistillation, widths: list[int]) -> None:
+        for i in range(1, len(widths)):
+            width = (widths[i] + widths[i - 1]) // 2
+            term.graph_heads.append(AttentionHead(widths[i], widths[i - 1], width, self.num_heads))
+            term.estimators.append(Estimator(widths[i - 1], widths[i], self.num_heads))
+        term.graph_heads.requires_grad_(False)  # never part of the student's optimizer
+        term.estimators.requires_grad_(False)
+        term.graph_heads.eval()
+
+    def add(
+        self, term: RelationalDistillation, total: torch.Tensor, inputs: TermInputs, vectors: Vectors | None
+    ) -> torch.Tensor:
+        assert vectors is not None
+        students, teachers, _ = vectors
+        if inputs.epoch < self.warmup:
+            if torch.is_grad_enabled() and students[0].shape[0] > 1:
+                inputs.log(f"{term.term_name}_mhgd_heads", term.train_heads(teachers, self.head_lr))
+            return total
+        mhgd = term.graph_loss(students, teachers)
+        inputs.log(f"{term.term_name}_mhgd", mhgd.detach())
+        return total + mhgd
+
+
+Vectors = tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]
+SHARED_OPTIONS = ("student", "teacher", "clip", "connector")
+
+
 class RelationalDistillation(ClippedGradient, LossTerm):
-    """Shared machinery of iikd / kd_svd / mhgd: taps, singular vectors, MHGD heads, clipped gradients."""
+    """Shared machinery of iikd / kd_svd / mhgd: taps, singular vectors, MHGD heads, clipped gradients.
+
+    A subclass lists its `part_types`; its recipe options are the shared ones (`student`, `teacher`,
+    `clip`, `connector`) plus each part's constructor keywords, checked here with the valid choices.
+    """
 
     custom_gradient = True
-    parts: ClassVar[tuple[str, ...]] = PARTS
-    registry_name: ClassVar[str] = "iikd"
+    part_types: ClassVar[tuple[type[Part], ...]] = ()
+    registry_name: ClassVar[str] = ""
 
     def __init__(
         self,
         student: list[str] | str | None = None,
         teacher: list[str] | str | None = None,
         clip: str = "unweighted",
-        distance_weight: float = 50.0,
-        angle_weight: float = 100.0,
-        heads: int = 4,
-        mhgd_head_warmup_epochs: int = 0,
-        mhgd_head_lr: float = 1e-3,
         connector: bool = False,
+        **part_options: Any,
     ) -> None:
         LossTerm.__init__(self)
         name = type(self).registry_name
         self.clip = _check_clip(clip, name)
-        self.distance_weight, self.angle_weight = float(distance_weight), float(angle_weight)
-        if heads < 1:
-            raise ConfigError(f"{name}.heads must be at least 1, got {heads}")
-        if mhgd_head_warmup_epochs < 0:
-            raise ConfigError(f"{name}.mhgd_head_warmup_epochs must be >= 0, got {mhgd_head_warmup_epochs}")
-        self.num_heads = heads
-        self.warmup = int(mhgd_head_warmup_epochs)
-        self.clip_offset = float(self.warmup) if "mhgd" in self.parts else 0.0
-        self.head_lr = mhgd_head_lr
+        self.parts = self._build_parts(name, part_options)
+        mhgd = next((p for p in self.parts if isinstance(p, MHGDPart)), None)
+        self.clip_offset = float(mhgd.warmup) if mhgd is not None else 0.0
         self.use_connector = connector
         self._student_arg, self._teacher_arg = student, teacher
         self.student_taps = as_list(student)
@@ -155,6 +247,27 @@ class RelationalDistillation(ClippedGradient, LossTerm):
         self.estimators = nn.ModuleList()
         self._head_optimizer: torch.optim.Optimizer | None = None
         self._pending_optimizer_state: dict[str, Any] | None = None
+
+    @classmethod
+    def _build_parts(cls, name: str, options: dict[str, Any]) -> list[Part]:
+        accepted = set(SHARED_OPTIONS)
+        for part_type in cls.part_types:
+            accepted |= set(accepted_kwargs(part_type) or ())
+        for key in options:
+            if key not in accepted:
+                raise choice_error(f"option of loss term {name!r}:", key, accepted, ConfigError)
+        parts = []
+        for part_type in cls.part_types:
+            own = accepted_kwargs(part_type) or set()
+            try:
+                parts.append(part_type(**{k: v for k, v in options.items() if k in own}))
+            except ConfigError as exc:
+                raise ConfigError(f"{name}.{exc}") from None
+        return parts
+
+    @property
+    def reads_features(self) -> bool:
+        return any(part.reads_features for part in self.parts)
 
     # ------------------------------------------------------------------ setup
     def _default_taps(self, ctx: SetupContext) -> None:
@@ -171,7 +284,7 @@ class RelationalDistillation(ClippedGradient, LossTerm):
             self.teacher_taps = list(stages)
 
     def setup(self, ctx: SetupContext) -> None:
-        if "svd" not in self.parts and "mhgd" not in self.parts:
+        if not self.reads_features:
             return
         self._default_taps(ctx)
         if len(self.student_taps) != len(self.teacher_taps) or len(self.student_taps) < 2:
@@ -195,19 +308,11 @@ class RelationalDistillation(ClippedGradient, LossTerm):
                 _connector(cs, ct, len(s_shapes[s_tap]) == 3) if cs != ct else nn.Identity()
             )
             widths.append(ct)
-        if "mhgd" in self.parts:
-            for i in range(1, len(widths)):
-                width = (widths[i] + widths[i - 1]) // 2
-                self.graph_heads.append(AttentionHead(widths[i], widths[i - 1], width, self.num_heads))
-                self.estimators.append(Estimator(widths[i - 1], widths[i], self.num_heads))
-            self.graph_heads.requires_grad_(False)  # never part of the student's optimizer
-            self.estimators.requires_grad_(False)
-            self.graph_heads.eval()
+        for part in self.parts:
+            part.build(self, widths)
 
     # ------------------------------------------------------------------ pieces
-    def _vectors(
-        self, inputs: TermInputs
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    def _vectors(self, inputs: TermInputs) -> Vectors:
         students, teachers, sigmas = [], [], []
         for s_tap, t_tap, connector in zip(self.student_taps, self.teacher_taps, self.connectors):
             fs = connector(inputs.student_features[s_tap].float())
@@ -220,7 +325,7 @@ class RelationalDistillation(ClippedGradient, LossTerm):
             sigmas.append(sigma_t.squeeze(1))
         return students, teachers, sigmas
 
-    def _graph_loss(self, students: list[torch.Tensor], teachers: list[torch.Tensor]) -> torch.Tensor:
+    def graph_loss(self, students: list[torch.Tensor], teachers: list[torch.Tensor]) -> torch.Tensor:
         self.graph_heads.eval()
         total = students[0].new_zeros(())
         for i, head in enumerate(self.graph_heads, start=1):
@@ -233,11 +338,11 @@ class RelationalDistillation(ClippedGradient, LossTerm):
     def _head_params(self) -> list[nn.Parameter]:
         return [*self.graph_heads.parameters(), *self.estimators.parameters()]
 
-    def _train_heads(self, teachers: list[torch.Tensor]) -> torch.Tensor:
+    def train_heads(self, teachers: list[torch.Tensor], lr: float) -> torch.Tensor:
         """One step of MHGD's head pre-training on teacher vectors (cosine estimator loss + 5e-4·L2)."""
         params = self._head_params()
         if self._head_optimizer is None:
-            self._head_optimizer = torch.optim.Adam(params, lr=self.head_lr)
+            self._head_optimizer = torch.optim.Adam(params, lr=lr)
             if self._pending_optimizer_state is not None:
                 self._head_optimizer.load_state_dict(self._pending_optimizer_state)
                 self._pending_optimizer_state = None
@@ -277,32 +382,12 @@ class RelationalDistillation(ClippedGradient, LossTerm):
     def forward(self, inputs: TermInputs) -> torch.Tensor:
         if inputs.teacher_logits is None:
             raise DatakdError(f"loss term {self.term_name!r} needs a teacher")
-        name = self.term_name
         total = inputs.student_logits.sum() * 0.0  # stays in the graph when every part is off (warm-up)
-        if "rkd" in self.parts:
-            distance, angle = IF.rkd_logits(
-                inputs.student_logits.float(),
-                inputs.teacher_logits.float(),
-                self.distance_weight,
-                self.angle_weight,
-            )
-            inputs.log(f"{name}_rkd", (distance + angle).detach())
-            total = total + distance + angle
-        if "svd" not in self.parts and "mhgd" not in self.parts:
-            return total
-        students, teachers, sigmas = self._vectors(inputs)
-        if "svd" in self.parts:
-            svd = IF.kd_svd(students, teachers, sigmas)
-            inputs.log(f"{name}_svd", svd.detach())
-            total = total + svd
-        if "mhgd" in self.parts:
-            if inputs.epoch < self.warmup:
-                if torch.is_grad_enabled() and students[0].shape[0] > 1:
-                    inputs.log(f"{name}_mhgd_heads", self._train_heads(teachers))
-            else:
-                mhgd = self._graph_loss(students, teachers)
-                inputs.log(f"{name}_mhgd", mhgd.detach())
-                total = total + mhgd
+        vectors: Vectors | None = None
+        for part in self.parts:
+            if part.reads_features and vectors is None:
+                vectors = self._vectors(inputs)
+            total = part.add(self, total, inputs, vectors)
         return total
 
 
@@ -310,76 +395,24 @@ class RelationalDistillation(ClippedGradient, LossTerm):
 class IIKD(RelationalDistillation):
     """Role-wise KD's II-KD: RKD on logits + KD-SVD + MHGD, gradient clipped to the CE gradient's norm."""
 
+    part_types = (RKDPart, SVDPart, MHGDPart)
     registry_name = "iikd"
-
-    def __init__(
-        self,
-        student: list[str] | str | None = None,
-        teacher: list[str] | str | None = None,
-        clip: str = "unweighted",
-        distance_weight: float = 50.0,
-        angle_weight: float = 100.0,
-        heads: int = 4,
-        mhgd_head_warmup_epochs: int = 0,
-        mhgd_head_lr: float = 1e-3,
-        connector: bool = False,
-    ) -> None:
-        super().__init__(
-            student,
-            teacher,
-            clip,
-            distance_weight,
-            angle_weight,
-            heads,
-            mhgd_head_warmup_epochs,
-            mhgd_head_lr,
-            connector,
-        )
 
 
 @register_loss("kd_svd")
 class KDSVD(RelationalDistillation):
     """KD-SVD (Lee et al. 2018) between consecutive taps, with role-kd's clipped gradient."""
 
-    parts = ("svd",)
+    part_types = (SVDPart,)
     registry_name = "kd_svd"
-
-    def __init__(
-        self,
-        student: list[str] | str | None = None,
-        teacher: list[str] | str | None = None,
-        clip: str = "unweighted",
-        connector: bool = False,
-    ) -> None:
-        super().__init__(student, teacher, clip, connector=connector)
 
 
 @register_loss("mhgd")
 class MHGD(RelationalDistillation):
     """MHGD (Lee & Song 2019) multi-head graph distillation, role-kd settings (random heads by default)."""
 
-    parts = ("mhgd",)
+    part_types = (MHGDPart,)
     registry_name = "mhgd"
-
-    def __init__(
-        self,
-        student: list[str] | str | None = None,
-        teacher: list[str] | str | None = None,
-        clip: str = "unweighted",
-        heads: int = 4,
-        mhgd_head_warmup_epochs: int = 0,
-        mhgd_head_lr: float = 1e-3,
-        connector: bool = False,
-    ) -> None:
-        super().__init__(
-            student,
-            teacher,
-            clip,
-            heads=heads,
-            mhgd_head_warmup_epochs=mhgd_head_warmup_epochs,
-            mhgd_head_lr=mhgd_head_lr,
-            connector=connector,
-        )
 
 
 @register_loss("rkd_logits")
