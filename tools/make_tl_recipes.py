@@ -202,8 +202,11 @@ IMAGENET = {
     "pick200": (71.76, 90.58),
 }
 
-KD_MAIN = {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "temperature": 4.0}}
-KD_MIX = {"kd_mix": {"type": "kd", "views": ["mix"], "weight": 0.9, "temperature": 4.0}}
+# τ is one value of the method shared by its three parts (KD on the batch, KD on the mixed view, and the
+# pick score); it is written once here and copied into each part of every recipe.
+TAU = 4.0
+KD_MAIN = {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "temperature": TAU}}
+KD_MIX = {"kd_mix": {"type": "kd", "views": ["mix"], "weight": 0.9, "temperature": TAU}}
 
 
 @dataclass(frozen=True)
@@ -223,7 +226,7 @@ def pick(criterion: str = "kld") -> dict[str, Any]:
         "runs": 2,
         "n_pick": None,
         "criterion": criterion,
-        "temperature": 4.0,
+        "temperature": TAU,
         "score_mode": "train",
     }
 
