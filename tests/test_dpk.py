@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from datakd.errors import ConfigError, DatakdError
-from datakd.losses import dpk_transforms
+from datakd.losses import dpk_masks
 from datakd.losses.cka import linear_cka_unbiased
 from datakd.losses.dpk_blocks import auto_patch_size, masked_count, random_token_mask
 from datakd.losses.dpk_transforms import PRIORS, TRANSFORMS
@@ -132,7 +132,7 @@ def test_stage_loss_matches_float64_loop_reference(loss_on: str, monkeypatch) ->
     fs = torch.randn(4, 4, 4, 4, generator=g)  # student stage2: 4 ch at 4×4 → 4 tokens of 2×2
     ft = torch.randn(4, 5, 8, 8, generator=g)  # teacher stage1: 5 ch at 8×8, resized to 4×4
     mask = torch.tensor([[1, 0, 1, 0], [0, 0, 1, 1], [1, 1, 0, 0], [0, 1, 0, 1]], dtype=torch.bool)
-    monkeypatch.setattr(dpk_transforms, "random_token_mask", lambda *a, **k: mask)
+    monkeypatch.setattr(dpk_masks, "random_token_mask", lambda *a, **k: mask)
     value = term(term_inputs({"stage2": fs}, {"stage1": ft})).detach()
     params = {k: v.double() for k, v in term.stages["stage2"].state_dict().items()}
     expected = reference_stage_loss(fs, ft, mask, params, 2, 2, loss_on)
@@ -148,7 +148,7 @@ def test_gradcheck_float64(monkeypatch) -> None:
     )  # fmt: skip
     term.double()
     mask = torch.tensor([[1, 0, 0, 1], [0, 1, 1, 0]], dtype=torch.bool)
-    monkeypatch.setattr(dpk_transforms, "random_token_mask", lambda *a, **k: mask)
+    monkeypatch.setattr(dpk_masks, "random_token_mask", lambda *a, **k: mask)
     ft = torch.randn(2, 3, 2, 2, generator=g, dtype=torch.float64)
     fs = torch.randn(2, 2, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: term(term_inputs({"stage1": x}, {"stage1": ft})), (fs,))

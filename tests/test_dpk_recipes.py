@@ -122,3 +122,27 @@ def test_info_needs_model_or_recipe(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["info"])
     assert main(["info", "--recipe", "no/such.yaml"]) == 2
+
+
+@pytest.mark.parametrize("mask", ["random", "block", "grid"])
+def test_table6_mask_recipes_differ_from_the_last_stage_recipe_only_in_the_mask(mask: str) -> None:
+    """Table 6's fixed-ratio rows: r34-r18-last.yaml with ratio 0.75 and the row's mask strategy."""
+    path = REPO / f"recipes/imagenet/dpk/table6/mask-{mask}.yaml"
+    cfg, base = (
+        load_config(path).to_dict(),
+        load_config(REPO / "recipes/imagenet/dpk/r34-r18-last.yaml").to_dict(),
+    )
+    (term,) = [t for t in build_terms(load_config(path).loss) if isinstance(t, DynamicPriorKnowledge)]
+    assert (term.mask, term.ratio) == (mask, 0.75)
+    assert (
+        cfg["reference"]["table"] == 6
+        and cfg["reference"]["top1"] == {"random": 72.36, "block": 72.36, "grid": 72.32}[mask]
+    )
+    for key in ("name", "reference", "loss"):
+        cfg.pop(key), base.pop(key)
+    assert cfg == base
+    assert load_config(path).loss["dpk"] == {
+        **load_config(REPO / "recipes/imagenet/dpk/r34-r18-last.yaml").loss["dpk"],
+        "ratio": 0.75,
+        "mask": mask,
+    }

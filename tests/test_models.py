@@ -45,6 +45,16 @@ CIFAR_ZOO = {
     "resnet34",
     "resnet50",
     "alexnet_cifar",  # role-wise KD (seed 002)
+    # role-wise KD Table 4 (tests/test_models_table4.py checks their published parameter counts)
+    "wrn_16_4",
+    "preresnet20",
+    "preresnet32",
+    "preresnet44",
+    "preresnet56",
+    "preresnet110",
+    "preresnet164",
+    "pyramidnet_200_240",
+    "pyramidnet_272_200",
 }
 
 

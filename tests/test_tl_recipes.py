@@ -7,12 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from datakd.augmenters.base import build_augmenter
 from datakd.config import load_config
+from datakd.engine.context import SetupContext, TermInputs, View, record
 from datakd.engine.optim import LRSchedule
 from datakd.events.base import build_events
 from datakd.losses.base import build_terms
+from datakd.models import create
 from datakd.models.registry import get_entry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +44,18 @@ def test_recipes_exist_for_every_table_row() -> None:
             assert f"recipes/cifar100/tl/{pair}/{row}.yaml" in names
     for row in ("kd", "kd200", "tlcutmix", "pick", "pick200"):
         assert f"recipes/imagenet/tl/resnet34_resnet18/{row}.yaml" in names
+    # Table 9: AT/CC/SP/PKT/VID (+KD) with and without TLCutMix, ResNet110 -> ResNet20 instead of ResNet56
+    table9 = [p for p in pairs if p != "resnet56_resnet20"] + ["resnet110_resnet20"]
+    for pair in table9:
+        for method in ("at", "cc", "sp", "pkt", "vid"):
+            for row in (method, f"{method}_tlcutmix"):
+                assert f"recipes/cifar100/tl/{pair}/{row}.yaml" in names
+    # Tables 3 and 4: CRD, CRD+TLCutMix+pick, CRD+TLCutMix+pick960 / pick480
+    for pair in pairs:
+        for row in ("crd", "crd_pick", "crd_pick960"):
+            assert f"recipes/cifar100/tl/{pair}/{row}.yaml" in names
+        for row in ("crd", "crd_pick", "crd_pick480"):
+            assert f"recipes/tiny-imagenet/tl/{pair}/{row}.yaml" in names
 
 
 def test_recipes_match_the_generator() -> None:
@@ -110,3 +125,64 @@ def test_epoch_scaling_rule(recipe: str, total: int, decays: tuple[int, int, int
     for k, decay in enumerate(decays):
         assert schedule.factor((decay - 1) * steps + steps - 1) == pytest.approx(0.1**k)
         assert schedule.factor(decay * steps) == pytest.approx(0.1 ** (k + 1))
+
+
+FEATURE_TERMS = {"at": 1000.0, "cc": 0.02, "sp": 3000.0, "pkt": 30000.0, "vid": 1.0, "crd": 0.8}
+# The rows that add a feature term to the TL protocol: the TLCutMix / pick variant of each (the rows
+# without the augmenter carry the same main-view terms, checked below against their partner).
+FEATURE_MIX_RECIPES = sorted(
+    p for p in RECIPES if p.stem.split("_")[0] in FEATURE_TERMS and p.stem.endswith(("_tlcutmix", "_pick"))
+)
+_MODELS: dict[tuple[str, int], torch.nn.Module] = {}
+
+
+def _model(name: str, classes: int) -> torch.nn.Module:
+    if (name, classes) not in _MODELS:
+        _MODELS[(name, classes)] = create(name, classes)
+    return _MODELS[(name, classes)]
+
+
+@pytest.mark.parametrize(
+    "path", FEATURE_MIX_RECIPES, ids=[str(p.relative_to(REPO / "recipes")) for p in FEATURE_MIX_RECIPES]
+)
+def test_feature_rows_build_on_the_zoo_models_and_step(path: Path) -> None:
+    """X+TLCutMix(+pick): the TL protocol plus RepDistiller's β·X on the main view; X's taps and connectors
+    fit the pair (one forward of every term on random images, at the dataset's resolution)."""
+    cfg = load_config(path)
+    method = path.stem.split("_")[0]
+    assert list(cfg.loss) == ["ce", "kd", method, "kd_mix"]
+    assert cfg.loss[method]["weight"] == FEATURE_TERMS[method]
+    assert cfg.loss[method].get("views", ["main"]) == ["main"]
+    base = load_config(path.with_name(f"{method}.yaml"))
+    assert base.augmenter["name"] == "none" and base.loss == {k: cfg.loss[k] for k in ("ce", "kd", method)}
+    tiny = cfg.data.dataset == "tiny-imagenet"
+    classes, size = (200, 64) if tiny else (100, 32)
+    student, teacher = _model(cfg.student.name, classes), _model(cfg.teacher.name, classes).eval()
+    terms = build_terms(cfg.loss)
+    ctx = SetupContext(
+        student=student,
+        teacher=teacher,
+        num_classes=classes,
+        num_train=100_000 if tiny else 50_000,
+        train_labels=torch.arange(100_000 if tiny else 50_000) % classes,
+        sample_images=torch.randn(2, 3, size, size),
+        device=torch.device("cpu"),
+        batch_size=64,
+        steps_per_epoch=782,
+        total_epochs=cfg.total_epochs,
+        normalizer=None,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
+    for term in terms:
+        term.setup(ctx)
+    x = torch.randn(2, 3, size, size)
+    s_logits, s_feats = record(student, x, [t for term in terms for t in term.student_taps])
+    with torch.no_grad():
+        t_logits, t_feats = record(teacher, x, [t for term in terms for t in term.teacher_taps])
+    view = View("main", x, torch.tensor([3, 7]), indices=torch.tensor([10, 20]))
+    inputs = TermInputs(view, s_logits, t_logits, s_feats, t_feats, 30, 0, 0, 782, cfg.total_epochs)
+    for term in terms:
+        if "main" in term.views:
+            value = term(inputs)
+            assert value.dim() == 0 and torch.isfinite(value), term.term_name

@@ -299,6 +299,47 @@ def cifar_recipes(dataset: str) -> dict[str, dict[str, Any]]:
         },
         "reference": {**reference, "figure": 6},
     }
+    for key, subset, what in (
+        (
+            "trainval_keep",
+            "reg&cor",
+            "keeps the teacher's targets on the samples it gets wrong (as CKM does)",
+        ),
+        (
+            "trainval_manipulate",
+            "reg&cor|not_correct",
+            "also replaces the targets of the samples the teacher gets wrong by the smoothed label",
+        ),
+    ):
+        out[key] = {
+            "_header": [
+                "EffDstl §4 Fig. 8: training vs validation accuracy with and without keeping the weak "
+                f"teacher {weak}'s incorrectly predicted samples. This run {what}: label smoothing "
+                f"(t = 0.99) on '{subset}'. Compare the pair with `datakd effdstl trainval` (train_top1 is "
+                "logged every epoch).",
+                f"  datakd distill --config recipes/{dataset}/effdstl/{key}.yaml \\",
+                f"      --data-root DATA/{dataset} --out runs/{dataset}/{key}",
+                f"  datakd effdstl trainval runs/{dataset}/trainval_keep \\",
+                f"      runs/{dataset}/trainval_manipulate",
+            ],
+            **_cifar_base(dataset, key.replace("_", "-")),
+            "student": {"name": student},
+            "teacher": {"name": weak, "checkpoint": weak_ckpt},
+            "optim": CRD_OPTIM,
+            "schedule": CRD_SCHEDULE,
+            "loss": MEAL_V2,
+            "target_transform": {
+                "name": "manipulate",
+                "scheme": "label_smoothing",
+                "confidence": 0.99,
+                "subset": subset,
+            },
+            "reference": {
+                "paper": "003",
+                "figure": 8,
+                "note": "qualitative: manipulating the wrong samples raises training, lowers test accuracy",
+            },
+        }
     out["effdstl"] = {
         "_header": [
             "EffDstl's two stages at CIFAR scale [I] (the paper reports EffDstl on ImageNet only): stage 1 "

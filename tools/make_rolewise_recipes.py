@@ -382,12 +382,121 @@ def table4() -> list[Path]:
     return written
 
 
+# DML (Tables 1 and 3): the peer is a copy of the Stage-alpha teacher trained alongside the quantised
+# student (role-kd: "the teacher is also updated"). Table 1 (ResNet18, student schedule): (4/4, 2/2);
+# Table 3 (4-bit): schedule from the teacher / from the student.
+DML_TABLE1 = (72.47, 69.72)
+DML_TABLE3 = {"alexnet_cifar": (61.61, 63.73), "resnet18": (71.78, 72.47)}
+DML_LOSS = {"ce": {"weight": 1.0}, "dml": {"weight": 1.0, "init": "teacher", "temperature": 1.0}}
+DML_HEADER = (
+    "DML (Zhang et al. 2018) as in the released code: the peer starts as a copy of the Stage-alpha teacher "
+    "and is trained with the student (CE + KL(student ‖ peer)), the student with CE + KL(peer ‖ student); "
+    "the peer is a trainable module of the `dml` loss term and shares the student's optimizer [I]."
+)
+
+
+def dml_rows() -> list[Path]:
+    written = []
+    dataset = "cifar100"
+    rows = [("resnet18", bits, "student", top1, 1) for bits, top1 in zip((4, 2), DML_TABLE1)]
+    rows += [(model, 4, "teacher", numbers[0], 3) for model, numbers in DML_TABLE3.items()]
+    rows += [("alexnet_cifar", 4, "student", DML_TABLE3["alexnet_cifar"][1], 3)]
+    for model, bits, source, top1, table in rows:
+        recipe = student_training(dataset)
+        recipe["student"] = {"name": model_name(model, bits), "init_from_teacher": True}
+        recipe["teacher"] = {"name": model, "checkpoint": teacher_run(dataset, model)}
+        schedule = teacher_schedule(model) if source == "teacher" else student_schedule(dataset, model, bits)
+        recipe["augmenter"] = pba(schedule, dataset)
+        recipe["loss"] = DML_LOSS
+        row = f"{TITLE[model]} {bits}/{bits}, DML" if table == 1 else f"{TITLE[model]} 4-bit, DML"
+        if table == 3:
+            row += f", schedule based on {source}"
+        recipe["reference"] = {"paper": "002", "table": table, "row": row, "top1": top1}
+        header = [f"Role-wise KD (seed 002) Table {table}: {row} on CIFAR-100.", DML_HEADER]
+        if model == "resnet18" and bits == 4:
+            header.append("Also Table 3's ResNet18 DML with the schedule from the student (72.47).")
+        stem = f"{model}_w{bits}a{bits}_dml" + ("_teacher_schedule" if source == "teacher" else "")
+        written.append(write(dataset, stem, recipe, header, "distill"))
+    return written
+
+
+# Table 4's other pairs (CIFAR-100, full precision): teacher (accuracy) -> student: Vanilla / After
+# Stage-alpha / Only II-KD / After Stage-beta. (WRN-28-10 -> WRN-16-2 is `table4`.)
+TABLE4_PAIRS = {
+    ("wrn_28_10", "wrn_16_4"): (77.28, 78.01, 79.30, 80.59),
+    ("wrn_28_10", "preresnet56"): (71.98, 73.45, 73.04, 74.91),
+    ("preresnet164", "preresnet32"): (70.28, 71.68, 70.53, 72.14),
+    ("pyramidnet_200_240", "preresnet44"): (71.55, 73.31, 73.00, 73.71),
+    ("pyramidnet_200_240", "wrn_16_2"): (72.68, 73.79, 74.64, 75.03),
+}
+TABLE4_TEACHERS = {"preresnet164": 72.24, "pyramidnet_200_240": 84.43}
+TABLE4_TITLE = {
+    "wrn_16_4": "WRN-16-4",
+    "preresnet32": "PreResNet32",
+    "preresnet44": "PreResNet44",
+    "preresnet56": "PreResNet56",
+    "preresnet164": "PreResNet164",
+    "pyramidnet_200_240": "PyramidNet-200-240",
+}
+
+
+def table4_pairs() -> list[Path]:
+    written = []
+    dataset = "cifar100"
+    title = {**TITLE, **TABLE4_TITLE}
+    for teacher, top1 in TABLE4_TEACHERS.items():
+        recipe = fp_training(dataset)
+        recipe["student"] = {"name": teacher}
+        recipe["augmenter"] = pba(teacher_schedule(teacher), dataset)
+        recipe["loss"] = {"ce": {"weight": 1.0}}
+        recipe["reference"] = {"paper": "002", "table": 4, "row": f"{title[teacher]} teacher", "top1": top1}
+        header = [
+            f"Role-wise KD (seed 002) Table 4 teacher: {title[teacher]} on CIFAR-100 trained with its "
+            "Stage-alpha schedule (searched on CIFAR-10: add data.dataset=cifar10 to the search command).",
+            "[I] the paper gives the teacher's accuracy but not how it was trained.",
+        ]
+        written.append(write(dataset, f"{teacher}_alpha", recipe, header, "train"))
+    for (teacher, student), numbers in TABLE4_PAIRS.items():
+        pair = f"{title[teacher]} -> {title[student]}"
+        for row, top1 in zip(ROW_TITLE, numbers):
+            recipe = fp_training(dataset)
+            recipe["student"] = {"name": student}
+            header = [f"Role-wise KD (seed 002) Table 4: {pair} on CIFAR-100, {ROW_TITLE[row]}."]
+            if row in ("vanilla", "alpha"):
+                recipe["loss"] = {"ce": {"weight": 1.0}}
+                if row == "alpha":
+                    recipe["augmenter"] = pba(teacher_schedule(teacher), dataset)
+                    header.append("The student alone, trained with the teacher's schedule A_T.")
+                mode = "train"
+            else:
+                recipe["teacher"] = {"name": teacher, "checkpoint": teacher_run(dataset, teacher)}
+                recipe["loss"] = {"ce": {"weight": 1.0}, "iikd": {"weight": 0.4, "connector": True}}
+                recipe["events"] = decay("iikd")
+                if row == "beta":
+                    schedule = f"schedules/{dataset}/{student}_from_{teacher}_student/schedule.json"
+                    recipe["augmenter"] = pba(schedule, dataset)
+                header.append(
+                    "[I] 1x1 connectors map the student taps to the teacher's widths; FP student recipe [I]: "
+                    "SGD-Nesterov lr 0.1, wd 5e-4, from scratch."
+                )
+                mode = "distill"
+            recipe["reference"] = {
+                "paper": "002",
+                "table": 4,
+                "row": f"{pair}, {ROW_TITLE[row]}",
+                "top1": top1,
+            }
+            written.append(write(dataset, f"{student}_from_{teacher}_{row}", recipe, header, mode))
+    return written
+
+
 def main() -> None:
     written = []
     for dataset in ("cifar10", "cifar100"):
         for model in ("resnet18", "alexnet_cifar"):
             written += table2(dataset, model)
     written += table1() + table3() + table4()
+    written += dml_rows() + table4_pairs()
     for path in written:
         print(path.relative_to(ROOT.parent))
 

@@ -4,8 +4,9 @@ Usage: python tools/make_tl_recipes.py [--check]
 
 * CIFAR-100 (`recipes/cifar100/tl/<pair>/`): Table 3 (KD, KD960, KD+TLCutMix, +pick, +pick960), Table 1
   (TLmixup, CutMix with CE labels), Table 2 (pick by teacher / student entropy), Table 10 (KD+Cutout),
-  Table 9's ResNet-110 -> ResNet-20 KD / KD+TLCutMix. RepDistiller protocol: batch 64, SGD 0.9, wd 5e-4,
-  240 epochs, ×0.1 at 150/180/210, lr 0.05 (0.01 for MobileNetV2/ShuffleNetV2 students).
+  Table 9's ResNet-110 -> ResNet-20 KD / KD+TLCutMix, Table 9's AT/CC/SP/PKT/VID (+KD) with and without
+  TLCutMix and Tables 3/4's CRD (+KD), CRD+TLCutMix+pick(960/480). RepDistiller protocol: batch 64,
+  SGD 0.9, wd 5e-4, 240 epochs, ×0.1 at 150/180/210, lr 0.05 (0.01 for MobileNetV2/ShuffleNetV2 students).
 * Tiny-ImageNet (`recipes/tiny-imagenet/tl/`): Table 4 with crop 64 / padding 8, plus CE recipes for the
   teachers (the authors trained their own; none are public).
 * ImageNet (`recipes/imagenet/tl/resnet34_resnet18/`): Table 5, batch 256, lr 0.1 ×0.1 at 30/60/90,
@@ -25,6 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_feature_recipes import OPTIONS as FEATURE_OPTIONS
+from make_feature_recipes import WEIGHTS as FEATURE_WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("recipes/cifar100/tl", "recipes/tiny-imagenet/tl", "recipes/imagenet/tl")
@@ -77,6 +82,8 @@ PAIRS = (
 )
 TABLE1_PAIRS = PAIRS[0], PAIRS[1], PAIRS[3]  # Tables 1 and 2: WRN, ResNet56/20, VGG13/8
 R110 = Pair("resnet110", "resnet20", "resnet110_resnet20")
+TABLE9_PAIRS = (PAIRS[0], R110, *PAIRS[2:])  # Table 9: ResNet110 -> ResNet20 instead of ResNet56 -> ResNet20
+TABLE9_TEACHER = [75.61, 74.31, 79.42, 74.64, 74.64, 79.34, 79.42]
 
 # (mean, std) per pair, in PAIRS order.
 CIFAR = {
@@ -202,6 +209,138 @@ IMAGENET = {
     "pick200": (71.76, 90.58),
 }
 
+
+# Table 9 (appendix B): the five feature methods of the CRD paper's Table 7 (each "includes the original KD
+# loss"), without and with TLCutMix, on the seven pairs of TABLE9_PAIRS. The rows without TLCutMix are cited
+# from the CRD paper, which gives no std.
+FEATURE_T9: dict[str, dict[str, list[Any]]] = {
+    "at": {
+        "base": [75.32, 70.97, 74.53, 73.48, 65.13, 74.01, 75.39],
+        "tlcutmix": [
+            (75.65, 0.27),
+            (71.66, 0.07),
+            (75.68, 0.13),
+            (74.02, 0.15),
+            (67.20, 0.24),
+            (74.67, 0.14),
+            (76.25, 0.13),
+        ],
+    },
+    "cc": {
+        "base": [75.09, 70.88, 74.21, 73.04, 68.02, 73.48, 74.71],
+        "tlcutmix": [
+            (75.75, 0.27),
+            (71.41, 0.24),
+            (75.54, 0.28),
+            (74.35, 0.27),
+            (68.44, 0.46),
+            (74.76, 0.09),
+            (76.78, 0.18),
+        ],
+    },
+    "sp": {
+        "base": [74.98, 71.02, 74.02, 73.49, 68.41, 73.52, 74.88],
+        "tlcutmix": [
+            (75.29, 0.39),
+            (71.10, 0.07),
+            (74.96, 0.13),
+            (74.10, 0.27),
+            (68.79, 0.24),
+            (74.77, 0.33),
+            (76.24, 0.14),
+        ],
+    },
+    "pkt": {
+        "base": [75.33, 70.72, 74.23, 73.25, 68.13, 73.61, 74.66],
+        "tlcutmix": [
+            (75.85, 0.42),
+            (71.33, 0.06),
+            (75.44, 0.08),
+            (74.30, 0.18),
+            (68.98, 0.60),
+            (74.70, 0.32),
+            (76.79, 0.10),
+        ],
+    },
+    "vid": {
+        "base": [75.14, 71.10, 74.56, 73.19, 68.27, 73.46, 74.85],
+        "tlcutmix": [
+            (75.66, 0.21),
+            (71.13, 0.27),
+            (75.40, 0.17),
+            (74.24, 0.12),
+            (69.70, 0.22),
+            (74.67, 0.17),
+            (76.90, 0.17),
+        ],
+    },
+}
+# Tables 3 (CIFAR-100) and 4 (Tiny-ImageNet): CRD (= CRD+KD of the CRD paper, spec §2.6.2), CRD+TLCutMix+pick
+# and its ×k row, in PAIRS order.
+CRD_T3 = {
+    "crd": [
+        (75.64, 0.21),
+        (71.63, 0.15),
+        (75.46, 0.25),
+        (74.29, 0.12),
+        (69.94, 0.05),
+        (74.58, 0.27),
+        (76.05, 0.09),
+    ],
+    "crd_pick": [
+        (75.96, 0.27),
+        (71.41, 0.26),
+        (76.11, 0.53),
+        (74.65, 0.12),
+        (69.95, 0.22),
+        (75.35, 0.22),
+        (76.93, 0.11),
+    ],
+    "crd_pick960": [
+        (76.61, 0.01),
+        (72.40, 0.20),
+        (75.96, 0.29),
+        (75.41, 0.10),
+        (70.84, 0.05),
+        (76.20, 0.22),
+        (78.51, 0.27),
+    ],
+}
+CRD_T4 = {
+    "crd": [
+        (60.79, 0.24),
+        (55.34, 0.02),
+        (59.28, 0.13),
+        (62.92, 0.31),
+        (62.38, 0.19),
+        (62.03, 0.16),
+        (67.33, 0.13),
+    ],
+    "crd_pick": [
+        (60.72, 0.09),
+        (54.99, 0.16),
+        (59.65, 0.24),
+        (63.39, 0.10),
+        (62.54, 0.22),
+        (62.85, 0.18),
+        (67.64, 0.18),
+    ],
+    "crd_pick480": [
+        (60.99, 0.33),
+        (55.68, 0.22),
+        (60.13, 0.13),
+        (63.60, 0.20),
+        (62.79, 0.03),
+        (62.60, 0.17),
+        (67.70, 0.35),
+    ],
+}
+# RepDistiller's β per method and its non-default term options: one source, the feature-recipe generator.
+FEATURE_TERMS = {
+    m: {"weight": FEATURE_WEIGHTS[m], **FEATURE_OPTIONS.get(m, {})} for m in (*FEATURE_T9, "crd")
+}
+FEATURE_NAMES = {"at": "AT", "cc": "CC", "sp": "SP", "pkt": "PKT", "vid": "VID", "crd": "CRD"}
+
 # τ is one value of the method shared by its three parts (KD on the batch, KD on the mixed view, and the
 # pick score); it is written once here and copied into each part of every recipe.
 TAU = 4.0
@@ -301,6 +440,31 @@ for _k, _scale in (("pick960", 4), ("pick480", 2), ("pick200", 2)):
         f"{_base.what} {_k[4:]} epochs (scale {_scale}).",
     )
 
+for _m, _name in FEATURE_NAMES.items():
+    _term = {_m: FEATURE_TERMS[_m]}
+    _main = f"0.1·CE + 0.9·KD (τ=4) + {FEATURE_TERMS[_m]['weight']:g}·{_name} on the crop+flip batch"
+    _cited = " Table 9 cites this row from the CRD paper (its Table 7, no std)." if _m != "crd" else ""
+    VARIANTS[_m] = Variant(_name, {"name": "none"}, _term, 1, _main + "." + _cited)
+    VARIANTS[f"{_m}_tlcutmix"] = Variant(
+        f"{_name}+TLCutMix",
+        VARIANTS["tlcutmix"].augmenter,
+        {**_term, **KD_MIX},
+        1,
+        TL_WHAT.format(main=_main, mix="CutMix (one λ~U(0,1) and one box per batch, derangement)")
+        + f" {_name} stays on the main view.",
+    )
+_main_crd = VARIANTS["crd"].what[:-1]
+for _k, _scale in (("crd_pick", 1), ("crd_pick960", 4), ("crd_pick480", 2)):
+    VARIANTS[_k] = Variant(
+        "CRD+TLCutMix+pick" + _k[8:],
+        pick(),
+        {**VARIANTS["crd"].extra_loss, **KD_MIX},
+        _scale,
+        TL_WHAT.format(main=_main_crd, mix=PICK_MIX.format(n="B", score="KL(t‖s) at τ=4"))
+        + " CRD stays on the main view (the mix view has no dataset indices)."
+        + (f" {_k[8:]} epochs (scale {_scale})." if _scale > 1 else ""),
+    )
+
 
 def flow(value: Any) -> str:
     """One-line YAML (flow style) for a mapping or list."""
@@ -333,7 +497,7 @@ def cifar_recipe(
     pair: Pair,
     key: str,
     table: int,
-    top1: tuple[float, float],
+    top1: tuple[float, float | None],
     teacher_acc: float,
     student_acc: float,
     dataset: str = "cifar100",
@@ -380,7 +544,7 @@ def cifar_recipe(
         "table": table,
         "row": f"{names}, {variant.row}",
         "top1": top1[0],
-        "std": top1[1],
+        **({"std": top1[1]} if top1[1] is not None else {}),
         "teacher_top1": teacher_acc,
         "student_top1": student_acc,
     }
@@ -483,6 +647,17 @@ def all_recipes() -> dict[str, str]:
             add(cifar_recipe(pair, key, table, CIFAR_T12[key][i], t, s))
     add(cifar_recipe(R110, "kd", 9, (70.67, 0.27), 74.31, 69.06))
     add(cifar_recipe(R110, "tlcutmix", 9, (71.19, 0.23), 74.31, 69.06))
+    for i, pair in enumerate(TABLE9_PAIRS):
+        t, s = TABLE9_TEACHER[i], CIFAR["student"][i]
+        for method, rows in FEATURE_T9.items():
+            add(cifar_recipe(pair, method, 9, (rows["base"][i], None), t, s))
+            add(cifar_recipe(pair, f"{method}_tlcutmix", 9, rows["tlcutmix"][i], t, s))
+    for i, pair in enumerate(PAIRS):
+        for key, top1 in CRD_T3.items():
+            add(cifar_recipe(pair, key, 3, top1[i], CIFAR["teacher"][i], CIFAR["student"][i]))
+        for key, top1 in CRD_T4.items():
+            t, s = TINY["teacher"][i], TINY["student"][i]
+            add(cifar_recipe(pair, key, 4, top1[i], t, s, dataset="tiny-imagenet"))
     for name in dict.fromkeys(p.teacher for p in PAIRS):
         add(tiny_teacher(name, TINY["teacher"][next(i for i, p in enumerate(PAIRS) if p.teacher == name)]))
     for key in IMAGENET:

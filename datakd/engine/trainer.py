@@ -244,6 +244,10 @@ class Trainer:
                 else:
                     with torch.no_grad():
                         t_logits, t_feats = record(self.teacher, view.images, t_taps)
+        if view.name == "main" and view.labels is not None and view.labels.dim() == 1:
+            # top-1 on the augmented training images as trained on (EffDstl Fig. 8: train vs validation)
+            hits = s_logits.detach().argmax(dim=1).eq(view.labels).float().mean()
+            self.meters.add("train_top1", hits * 100, len(view.labels))
         inputs = TermInputs(
             view,
             s_logits.float(),

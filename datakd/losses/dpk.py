@@ -29,6 +29,7 @@ from datakd.errors import ConfigError, DatakdError, choice_error
 from datakd.losses.base import LossTerm, as_list, register_loss
 from datakd.losses.cka import MIN_SAMPLES, cka_from_hsic, hsic_terms
 from datakd.losses.dpk_blocks import auto_patch_size, check_patch_size
+from datakd.losses.dpk_masks import check_mask
 from datakd.losses.dpk_transforms import PRIORS, TRANSFORMS, StageSpec, build_transform
 
 RATIO_MODES = ("cka", "cosine", "exp_decay", "linear_decay")
@@ -72,9 +73,12 @@ class DynamicPriorKnowledge(LossTerm):
         transform: str = "encdec",
         loss_on: str = "full",
         stage_weights: list[float] | None = None,
+        mask: str = "random",
     ) -> None:
         super().__init__()
         self.student_taps, self.teacher_taps = as_list(student), as_list(teacher)
+        check_mask(mask, ratio)
+        self.mask = mask
         if isinstance(ratio, bool) or not isinstance(ratio, (str, int, float)):
             raise ConfigError(f"dpk.ratio must be a number in [0, 1] or one of {', '.join(RATIO_MODES)}")
         if isinstance(ratio, str) and ratio not in RATIO_MODES:
@@ -166,7 +170,7 @@ class DynamicPriorKnowledge(LossTerm):
                 )
             spec = StageSpec(
                 s_shape[0], t_shape[0], height, width, patch, self.width, self.heads,
-                self.encoder_depth, decoder_depth, self.mlp_ratio, self.prior,
+                self.encoder_depth, decoder_depth, self.mlp_ratio, self.prior, self.mask,
             )  # fmt: skip
             key = column_name(s_tap)
             if key in self.stages:
@@ -275,7 +279,8 @@ class DynamicPriorKnowledge(LossTerm):
 
     def extra_repr(self) -> str:
         ratio = self.ratio if isinstance(self.ratio, str) else f"fixed {self.ratio}"
-        return f"{super().extra_repr()}, transform={self.transform}, prior={self.prior}, ratio={ratio}"
+        mask = "" if self.mask == "random" else f", mask={self.mask}"
+        return f"{super().extra_repr()}, transform={self.transform}, prior={self.prior}, ratio={ratio}{mask}"
 
     def describe_stages(self) -> list[dict[str, Any]]:
         """Per-stage layout (taps, channels, resolution, patch, tokens) for docs and `datakd info`."""

@@ -5,9 +5,9 @@ to the student's H×W and detached), a mask ratio π, and returns the predicted 
 pixel mask of the positions that came from the student. Variants:
 
 * `encdec` (default): k×k patch embeddings + positional embeddings, a ViT encoder per side, stitching
-  (a random fraction π of the student tokens replaced by the teacher tokens at the same positions),
-  decoder embedding + decoder positional embedding, the shared ViT decoder, a linear head to C_t·k²,
-  un-patchify.
+  (a fraction π of the student tokens, at positions chosen by the stage's mask strategy, replaced by
+  the teacher tokens at the same positions), decoder embedding + decoder positional embedding, the
+  shared ViT decoder, a linear head to C_t·k², un-patchify.
 * `mlp_decoder` (Table 8 "MLP-Decoder"): no encoders; patch embedding followed by one MLP layer
   (GELU + linear) and the positional embedding form the tokens; the rest as `encdec`.
 * `conv` (Table 8 "Conv"): the same stitching on a d-channel map, with 3×3 conv-BN-ReLU encoders and
@@ -32,9 +32,9 @@ from datakd.losses.dpk_blocks import (
     init_vit_weights,
     mask_to_map,
     positional_embedding,
-    random_token_mask,
     unpatchify,
 )
+from datakd.losses.dpk_masks import token_mask
 
 TRANSFORMS = ("encdec", "mlp_decoder", "conv", "fitnet")
 PRIORS = ("teacher", "zeros", "learnable")
@@ -55,10 +55,17 @@ class StageSpec:
     decoder_depth: int
     mlp_ratio: float
     prior: str
+    mask: str = "random"  # Table 6 mask strategy (datakd.losses.dpk_masks)
 
     @property
     def tokens(self) -> int:
         return (self.height // self.patch) * (self.width // self.patch)
+
+    def token_mask(self, ratio: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
+        """B×N mask of the positions that take the prior, by this stage's mask strategy."""
+        return token_mask(
+            self.mask, ratio, batch, self.height // self.patch, self.width // self.patch, device
+        )
 
 
 @dataclass
@@ -118,7 +125,7 @@ class TokenTransform(nn.Module):
         spec = self.spec
         s_tokens = self.student(fs)
         prior = self.prior_tokens(ft, s_tokens)
-        mask = random_token_mask(ratio, fs.shape[0], spec.tokens, fs.device)
+        mask = spec.token_mask(ratio, fs.shape[0], fs.device)
         hybrid = torch.where(mask.unsqueeze(-1), prior.to(s_tokens.dtype), s_tokens)
         decoded = self.decoder(self.decoder_embed(hybrid) + self.decoder_pos)
         prediction = unpatchify(
@@ -167,7 +174,7 @@ class ConvTransform(nn.Module):
             prior = self.mask_token.expand_as(s_map)
         else:
             prior = torch.zeros_like(s_map)
-        mask = random_token_mask(ratio, fs.shape[0], spec.tokens, fs.device)
+        mask = spec.token_mask(ratio, fs.shape[0], fs.device)
         masked = mask_to_map(mask, spec.height, spec.width, spec.patch)
         decoded = self.decoder(torch.where(masked, prior.to(s_map.dtype), s_map))
         context = self.context(self.pool(decoded).flatten(1))[:, :, None, None]

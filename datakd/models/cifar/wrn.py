@@ -1,4 +1,5 @@
-"""Wide ResNets (Zagoruyko & Komodakis 2016): wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2, wrn_28_10, wrn_40_4.
+"""Wide ResNets (Zagoruyko & Komodakis 2016): wrn_16_1, wrn_16_2, wrn_16_4, wrn_40_1, wrn_40_2, wrn_28_10,
+wrn_40_4.
 
 Same architecture and state-dict keys as RepDistiller ``models/wrn.py`` / mdistiller
 ``mdistiller/models/cifar/wrn.py`` (``wrn_D_W`` = depth D = 6n + 4, widening factor W): stem ``conv1``
@@ -120,7 +121,7 @@ def _factory(depth: int, widen_factor: int) -> Callable[..., WideResNet]:
     return build
 
 
-for _depth, _widen in ((16, 1), (16, 2), (40, 1), (40, 2), (28, 10), (40, 4)):
+for _depth, _widen in ((16, 1), (16, 2), (16, 4), (40, 1), (40, 2), (28, 10), (40, 4)):
     register_model(
         f"wrn_{_depth}_{_widen}",
         taps=TAPS,
