@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
+from datakd.api.context import TermInputs, View
 from datakd.checkpoint import load_checkpoint
 from datakd.engine.build import build_trainer
-from datakd.engine.context import TermInputs, View
 from datakd.engine.metrics import read_metrics
 from datakd.errors import ConfigError
 from datakd.losses.base import build_terms

@@ -114,7 +114,7 @@ def test_table4_iikd_connectors_fit_the_new_pairs(path):
     """II-KD with 1x1 connectors sets up and runs on each Table 4 teacher/student pair (random weights)."""
     import torch
 
-    from datakd.engine.context import SetupContext, TermInputs, View, record
+    from datakd.api.context import SetupContext, TermInputs, View, record
     from datakd.models import create
 
     cfg = load_config(path)

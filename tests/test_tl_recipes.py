@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from datakd.api.context import SetupContext, TermInputs, View, record
 from datakd.augmenters.base import build_augmenter
 from datakd.config import load_config
-from datakd.engine.context import SetupContext, TermInputs, View, record
 from datakd.engine.optim import LRSchedule
 from datakd.events.base import build_events
 from datakd.losses.base import build_terms

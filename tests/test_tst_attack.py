@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from datakd.adversarial import PixelBox, fgsm, pgd
+from datakd.api.context import StepContext
 from datakd.engine.build import build_trainer
-from datakd.engine.context import StepContext
 from datakd.engine.metrics import read_metrics
 from datakd.errors import ConfigError
 from datakd.losses.functional import tst_search_loss

@@ -20,8 +20,9 @@ from datakd.adversarial import PixelBox
 from datakd.commands.base import Command, register_command
 from datakd.config import DataConfig, parse_overrides
 from datakd.data.build import eval_loader, load_dataset, make_normalizer
-from datakd.engine.build import load_model, resolve_device
+from datakd.engine.build import resolve_device
 from datakd.errors import DatakdError
+from datakd.models.loading import load_model
 from datakd.plots.curves import load_rows
 from datakd.plots.effdstl import accuracy_curves, draw_fgsm_probe, draw_trainval
 from datakd.targets.analysis import (

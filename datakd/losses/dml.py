@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datakd.engine.context import SetupContext, TermInputs
+from datakd.api.context import SetupContext, TermInputs
 from datakd.errors import ConfigError, DatakdError, choice_error
 from datakd.losses import functional as LF
 from datakd.losses.base import LossTerm, register_loss
@@ -62,7 +62,7 @@ class DeepMutualLearning(LossTerm):
 
     def setup(self, ctx: SetupContext) -> None:
         if self.checkpoint is not None:
-            from datakd.engine.build import load_model
+            from datakd.models.loading import load_model
 
             peer, _ = load_model(self.checkpoint, ctx.num_classes, self.peer_name, self.peer_kwargs)
         elif self.init == "teacher":

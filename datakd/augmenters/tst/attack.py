@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 
 from datakd.adversarial import PixelBox, pgd
+from datakd.api.context import SetupContext, StepContext, View
 from datakd.augmenters.base import Augmenter, register_augmenter
 from datakd.augmenters.tst.search import frozen_student
 from datakd.data.loaders import Batch
-from datakd.engine.context import SetupContext, StepContext, View
 from datakd.errors import ConfigError, DatakdError
 from datakd.losses.functional import tst_search_loss
 
