@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,9 @@ from datakd.data.file_loader import decode
 from datakd.engine import distributed as D
 from datakd.engine.context import SetupContext
 from datakd.engine.trainer import Trainer
-from datakd.errors import ConfigError, DatakdError
+from datakd.errors import ConfigError, DatakdError, InertSettingWarning
 from datakd.events.base import build_events
-from datakd.losses.base import build_terms
+from datakd.losses.base import build_terms, inert_weight_warnings
 from datakd.models import create
 from datakd.models.checkpoint_io import load_weights
 from datakd.targets.base import build_target_transform
@@ -164,6 +165,8 @@ def build_trainer(cfg: RunConfig, mode: str, run_dir: Path | None = None, resume
             )
     target_transform = build_target_transform(cfg.target_transform)
     events = build_events(cfg.events)
+    for message in inert_weight_warnings(cfg.loss, terms, events):
+        warnings.warn(message, InertSettingWarning, stacklevel=2)
 
     loader = train_loader(
         cfg.data, bundle, normalizer, device, cfg.seed, augmenter.raw_transform(), rank, world
