@@ -24,8 +24,8 @@ from datakd.data.build import eval_loader, load_dataset, make_normalizer
 from datakd.engine.build import load_model, resolve_device
 from datakd.errors import DatakdError
 from datakd.features import FeatureRecorder
-from datakd.losses.cka import MIN_SAMPLES, MinibatchCKA, gram_linear
 from datakd.losses.dpk import stage_taps
+from datakd.metrics import MIN_SAMPLES, MinibatchCKA, gram_linear
 
 SPLITS = ("test", "train")
 
