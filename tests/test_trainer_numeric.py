@@ -9,7 +9,6 @@ TST (seed 000): the Stage III step trains on [x̂ ‖ x] with labels [y ‖ y]; 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -17,8 +16,8 @@ import torch.nn.functional as F
 
 from datakd.augmenters import tl as tl_module
 from datakd.engine.build import build_trainer
-from datakd.engine.trainer import Trainer
 from tests.helpers import tiny_config
+from tests.mechanism import ce64, first_step, kd64
 
 RGB32 = {"pad_to_32": True, "rgb": True}
 TAU = 4.0
@@ -31,45 +30,6 @@ def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = tiny_config(out, epochs=1, data={"options": RGB32, "train_subset": 256}, student={"kwargs": {}})
     build_trainer(cfg, "train").fit()
     return out / "last.pt"
-
-
-def ce64(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return float(-F.log_softmax(logits.double(), 1).gather(1, labels[:, None]).mean())
-
-
-def kd64(s: torch.Tensor, t: torch.Tensor, tau: float = TAU) -> float:
-    """τ²·KL(σ_τ(t) ‖ σ_τ(s)), batch mean, float64."""
-    p = F.softmax(t.double() / tau, 1)
-    return float((p * (p.log() - F.log_softmax(s.double() / tau, 1))).sum(1).mean() * tau**2)
-
-
-def first_step(trainer: Trainer, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """Run the trainer's first step and capture its views, per-term losses and total (before the update)."""
-    seen: dict[str, Any] = {}
-    forward = trainer.augmenter.forward
-
-    def recording_forward(batch, ctx):
-        views = forward(batch, ctx)
-        seen["batch"], seen["views"] = batch, views
-        return views
-
-    backward = trainer._backward
-
-    def recording_backward(losses):
-        with torch.no_grad():  # the same train-mode forward the step ran (BN uses batch statistics)
-            seen["student"] = [trainer.student(v.images) for v in seen["views"]]
-            seen["teacher"] = [trainer.teacher(v.images) for v in seen["views"]]
-        seen["losses"] = {k: float(v.detach()) for k, v in losses.items()}
-        total = backward(losses)
-        seen["total"] = float(total.detach())
-        return total
-
-    monkeypatch.setattr(trainer.augmenter, "forward", recording_forward)
-    monkeypatch.setattr(trainer, "_backward", recording_backward)
-    trainer.student.train()
-    trainer.teacher.eval()
-    trainer.train_step(next(iter(trainer.loader.epoch(0))))
-    return seen
 
 
 def test_tl_total_loss_and_teacher_labelled_mixed_view(
