@@ -14,6 +14,10 @@ class ConfigError(DatakdError):
     """A malformed or unknown configuration key or value."""
 
 
+class InertSettingWarning(UserWarning):
+    """A setting the user gave has no effect on training (e.g. the weight of a term that ignores it)."""
+
+
 class NonFiniteLossError(DatakdError):
     """A loss term became NaN/Inf; the run stops and the last good checkpoint is kept."""
 

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 from datakd.errors import ConfigError, DatakdError
 from datakd.losses import dpk_masks
-from datakd.losses.cka import linear_cka_unbiased
 from datakd.losses.dpk_blocks import auto_patch_size, masked_count, random_token_mask
 from datakd.losses.dpk_transforms import PRIORS, TRANSFORMS
+from datakd.metrics import cka_minibatch
 from tests.dpk_helpers import TwoStage, forward, make_term, term_inputs
 
 # ----------------------------------------------------------------------------- float64 loop reference
@@ -310,7 +310,7 @@ def test_pi_is_one_minus_batch_cka_and_logged_per_stage() -> None:
 
             _, fs = record(student, images, [tap])
             _, ft = record(teacher, images, [tap])
-            cka = float(linear_cka_unbiased(ft[tap], fs[tap]))
+            cka = float(cka_minibatch(ft[tap], fs[tap]))
             assert logs[f"dpk_cka_{tap}"] == [pytest.approx(cka, abs=1e-6)]
             assert logs[f"dpk_pi_{tap}"] == [pytest.approx(min(max(1.0 - cka, 0.0), 1.0), abs=1e-6)]
 
@@ -346,7 +346,7 @@ def test_epoch_window_averages_hsic_over_the_epoch_and_resets() -> None:
     _, first = forward(term, student, teacher, a)
     _, second = forward(term, student, teacher, b)
     from datakd.api.context import record
-    from datakd.losses.cka import MinibatchCKA
+    from datakd.metrics import MinibatchCKA
 
     meter = MinibatchCKA()
     with torch.no_grad():

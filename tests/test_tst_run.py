@@ -40,9 +40,9 @@ def test_student_learns_with_tst_and_stage_two_fires(tmp_path: Path, teacher: Pa
         schedule={"milestones": [3]},
         events=[{"name": "tst_search", "at": [1], "epochs": 2, "max_steps": 6}],
     )
-    summary = build_trainer(cfg, "distill").fit()
-    # 10 balanced classes: chance is 10 %; the teacher reaches about 65 %.
-    assert summary["top1_last"] > 40.0, summary
+    build_trainer(cfg, "distill").fit()
+    # TST's mechanism rather than a top-1 threshold (a CE student clears those): Stage II fires before
+    # epoch 2 and moves θ, and Stage III trains on [f_DE(x) ‖ x] (tests/test_trainer_numeric.py).
     rows = read_metrics(out / "metrics.csv")
     assert [("tst_search_loss" in r) for r in rows] == [False, True, False, False]  # Stage II before epoch 2
     assert rows[1]["tst_search_lr"] <= 0.01

@@ -129,6 +129,13 @@ LAMBDA_DECAY = (
 )
 
 
+PAPER_DECAY = "# λ ×0.5 every 60 epochs (paper §5.1; the released code decays ×0.6 at 30/60/80 %)"
+
+
+def paper_decay(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"name": "scale_loss_weights", "terms": e["terms"], "factor": 0.5, "every": 60} for e in events]
+
+
 def render(recipe: dict[str, Any], header: list[str], usage: list[str]) -> str:
     lines = [f"# {line}" for h in header for line in textwrap.wrap(h, 104)]
     lines.append(GENERATED)
@@ -147,7 +154,7 @@ def render(recipe: dict[str, Any], header: list[str], usage: list[str]) -> str:
     for name, options in recipe["loss"].items():
         lines.append(f"  {name}: {flow(options)}")
     if recipe.get("events"):
-        lines.append(LAMBDA_DECAY)
+        lines.append(PAPER_DECAY if recipe["events"] == paper_decay(recipe["events"]) else LAMBDA_DECAY)
         lines.append("events:")
         for event in recipe["events"]:
             lines.append(f"  - {flow(event)}")
@@ -169,7 +176,32 @@ def commands(path: str, mode: str, dataset: str, teacher: bool, schedule: str | 
     return out
 
 
+CLIPPED_TERMS = ("iikd", "kd_svd", "mhgd")  # terms whose `clip` decides whether λ reaches the gradient
+
+
+def weighted_variant(recipe: dict[str, Any], header: list[str]) -> tuple[dict[str, Any], list[str]] | None:
+    """The paper-faithful twin (Eq. 10: λ·g before clipping) of a recipe whose term uses the released
+    code's clip (λ and its decay have no effect there)."""
+    clipped = [n for n, o in recipe["loss"].items() if n in CLIPPED_TERMS and "clip" not in o]
+    if not clipped:
+        return None
+    twin = {**recipe, "loss": {k: dict(v) for k, v in recipe["loss"].items()}}
+    for name in clipped:
+        twin["loss"][name]["clip"] = "weighted"
+    twin["events"] = paper_decay(recipe.get("events", []))
+    twin["reference"] = {**recipe["reference"], "note": "clip: weighted, λ ×0.5 every 60 epochs (paper)"}
+    note = (
+        "Paper-faithful variant (Eq. 10): λ multiplies the distillation gradient before it is clipped, so "
+        "λ and its decay (the paper's ×0.5 every 60 epochs) act whenever the clip is inactive; the recipe "
+        "without _weighted is the released code, where λ has no effect."
+    )
+    return twin, [*header, note]
+
+
 def write(dataset: str, stem: str, recipe: dict[str, Any], header: list[str], mode: str) -> Path:
+    variant = weighted_variant(recipe, header)
+    if variant is not None:
+        write(dataset, f"{stem}_weighted", *variant, mode)
     path = Path(dataset) / "rolewise" / f"{stem}.yaml"
     recipe["name"] = f"rolewise-{dataset}-{stem}"
     recipe.setdefault("seed", 0)

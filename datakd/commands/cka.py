@@ -24,7 +24,7 @@ from datakd.config import DataConfig, parse_overrides
 from datakd.data.build import eval_loader, load_dataset, make_normalizer
 from datakd.engine.build import resolve_device
 from datakd.errors import DatakdError
-from datakd.losses.cka import MIN_SAMPLES, MinibatchCKA, gram_linear
+from datakd.metrics import MIN_SAMPLES, MinibatchCKA, gram_linear
 from datakd.models.loading import load_model
 
 SPLITS = ("test", "train")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,9 @@ from datakd.data.base import ImageArrays
 from datakd.data.build import eval_loader, load_dataset, make_normalizer, train_loader
 from datakd.data.file_loader import decode
 from datakd.engine.trainer import Trainer
-from datakd.errors import ConfigError, DatakdError
+from datakd.errors import ConfigError, DatakdError, InertSettingWarning
 from datakd.events.base import StageEvent, build_events
-from datakd.losses.base import LossTerm, build_terms
+from datakd.losses.base import LossTerm, build_terms, inert_weight_warnings
 from datakd.models import create
 from datakd.models.checkpoint_io import load_weights
 from datakd.models.loading import freeze_teacher, load_model
@@ -235,6 +236,8 @@ def build_methods(cfg: RunConfig, mode: str) -> Methods:
             )
     target_transform = build_target_transform(cfg.target_transform)
     events = build_events(cfg.events)
+    for message in inert_weight_warnings(cfg.loss, terms, events):
+        warnings.warn(message, InertSettingWarning, stacklevel=2)
     return Methods(terms, augmenter, target_transform, events)
 
 

@@ -30,6 +30,10 @@ class StageEvent:
     def on_epoch_end(self, trainer: RunControl, epoch: int) -> None:
         """After `epoch`'s evaluation, before its checkpoint."""
 
+    def loss_weight_targets(self) -> list[str]:
+        """Names of the loss terms whose weight this event sets (to a value other than 0 or 1) or rescales."""
+        return []
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

@@ -17,6 +17,9 @@ class SetLossWeights(StageEvent):
         self.at = at
         self.weights = dict(weights)
 
+    def loss_weight_targets(self) -> list[str]:
+        return [name for name, weight in self.weights.items() if float(weight) not in (0.0, 1.0)]
+
     def on_epoch_start(self, trainer: RunControl, epoch: int) -> None:
         if epoch == trainer.scaled_epoch(self.at):
             for name, weight in self.weights.items():
@@ -39,6 +42,9 @@ class ScaleLossWeights(StageEvent):
         self.factor = factor
         self.at = epoch_list(at) if at is not None else []
         self.every = every
+
+    def loss_weight_targets(self) -> list[str]:
+        return list(self.terms) if self.factor != 0 else []
 
     def on_epoch_start(self, trainer: RunControl, epoch: int) -> None:
         fire = (

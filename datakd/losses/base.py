@@ -58,6 +58,12 @@ class LossTerm(nn.Module):
             return rest
         return own if rest is None else own + rest
 
+    def inert_weight_reason(self) -> str | None:
+        """Why this term's weight does not change training (only 0 = off vs non-zero matters), or None.
+
+        The builder warns when a recipe sets such a weight or an event changes it."""
+        return None
+
     def extra_repr(self) -> str:
         return f"name={self.term_name!r}, weight={self.weight}, views={list(self.views)}"
 
@@ -87,6 +93,29 @@ def build_terms(spec: dict[str, dict[str, Any]]) -> list[LossTerm]:
         term.views = tuple(views)
         terms.append(term)
     return terms
+
+
+def inert_weight_warnings(
+    spec: dict[str, dict[str, Any]], terms: Sequence[LossTerm], events: Sequence[Any]
+) -> list[str]:
+    """One line per term whose weight the recipe sets (to a value other than 0 or 1) or an event changes
+    (an event's ``loss_weight_targets()``) although the term ignores its weight."""
+    messages = []
+    for term in terms:
+        reason = term.inert_weight_reason()
+        if reason is None:
+            continue
+        setters = []
+        weight = spec.get(term.term_name, {}).get("weight")
+        if weight is not None and float(weight) not in (0.0, 1.0):
+            setters.append(f"loss.{term.term_name}.weight={weight}")
+        for event in events:
+            targets = getattr(event, "loss_weight_targets", lambda: [])()
+            if term.term_name in targets:
+                setters.append(f"event {type(event).__name__}")
+        if setters:
+            messages.append(f"{' and '.join(setters)} will not change training: {reason}")
+    return messages
 
 
 def as_list(taps: str | Sequence[str] | None) -> list[str]:

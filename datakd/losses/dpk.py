@@ -27,10 +27,10 @@ from datakd.api.context import SetupContext, TermInputs
 from datakd.api.features import stage_taps
 from datakd.errors import ConfigError, DatakdError, choice_error
 from datakd.losses.base import LossTerm, as_list, register_loss
-from datakd.losses.cka import MIN_SAMPLES, cka_from_hsic, hsic_terms
 from datakd.losses.dpk_blocks import auto_patch_size, check_patch_size
 from datakd.losses.dpk_masks import check_mask
 from datakd.losses.dpk_transforms import PRIORS, TRANSFORMS, StageSpec, build_transform
+from datakd.metrics import MIN_SAMPLES, cka_from_hsic, hsic_terms
 
 RATIO_MODES = ("cka", "cosine", "exp_decay", "linear_decay")
 CKA_WINDOWS = ("batch", "epoch")

@@ -44,6 +44,15 @@ class ClippedGradient:
     clip_offset: float = 0.0
     weight: float
 
+    def inert_weight_reason(self) -> str | None:
+        if self.clip != "unweighted":
+            return None
+        return (
+            f"{self.term_name} uses clip: unweighted (the released code), which divides its gradient by the "
+            "weight before clipping, so the weight reaches only parameters no other term trains (connectors) "
+            "and 0 switches the term off; set clip: weighted for the paper's Eq. 10"
+        )
+
     def combine_gradient(
         self, param: nn.Parameter, own: torch.Tensor | None, rest: torch.Tensor | None, epoch: int
     ) -> torch.Tensor | None:

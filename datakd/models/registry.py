@@ -60,6 +60,34 @@ def add_resolver(
     return resolver
 
 
+# Other spellings of registered names, lower-case alias -> registered name. Registered names themselves are
+# matched case-insensitively, so RepDistiller/mdistiller's `ResNet50`, `MobileNetV2`, `ShuffleV1` work as is;
+# this table holds only names that differ by more than case (e.g. the TST code's `vgg13_bn`).
+_ALIASES: dict[str, str] = {}
+
+
+def register_alias(alias: str, name: str) -> None:
+    """Accept `alias` (any case) wherever model `name` is accepted (recipes, `create`, checkpoints)."""
+    _ALIASES[alias.lower()] = name
+
+
+for _depth in (8, 11, 13, 16, 19):  # RepDistiller's vgg*_bn functions, the TST code's config names
+    register_alias(f"vgg{_depth}_bn", f"vgg{_depth}")
+register_alias("ShuffleNetV1", "shufflev1")
+register_alias("ShuffleNetV2", "shufflev2")
+
+
+def canonical_name(name: str) -> str:
+    """The registered spelling of `name`: itself if registered, else a case-insensitive match or alias."""
+    if name in MODELS:
+        return name
+    folded = name.lower()
+    by_case = {registered.lower(): registered for registered in MODELS.names()}
+    if folded in by_case:
+        return by_case[folded]
+    return _ALIASES.get(folded, name)
+
+
 def list_model_names() -> list[tuple[str, str]]:
     """(name, description) of every registered model, then the name patterns resolvers accept."""
     rows = [(name, entry.description) for name, entry in MODELS.items()]
@@ -67,8 +95,9 @@ def list_model_names() -> list[tuple[str, str]]:
 
 
 def get_entry(name: str) -> ModelEntry:
-    if name in MODELS:
-        return MODELS.get(name)
+    canonical = canonical_name(name)
+    if canonical in MODELS:
+        return MODELS.get(canonical)
     for resolver in _RESOLVERS:
         entry = resolver(name)
         if entry is not None:

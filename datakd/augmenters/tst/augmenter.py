@@ -51,7 +51,7 @@ class TSTAugmenter(Augmenter):
         beta: float = 1.0,
         lr: float = 0.01,
         momentum: float = 0.9,
-        clip_grad_norm: float | None = 10.0,
+        clip_grad_norm: float | None = None,  # opt-in; f9616a2 does not clip
         alrs_threshold: float = 0.02,
         alrs_ratio: float = 0.02,
         alrs_decay: float = 0.9,

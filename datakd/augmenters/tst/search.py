@@ -2,9 +2,11 @@
 does not, by minimising α·CE(teacher(x̂)) + β·(−log(1 − p_S(y|x̂) + 1e-8)).
 
 Per call: a fresh SGD (lr 0.01, momentum 0.9, no weight decay) over θ (plus the encoders' weights in the
-"unfrozen" ablation), gradient-norm clipping at 10 as in the authors' code, and ALRS decaying the lr after
-each pass over the training loader. The student is in eval mode with its weights frozen; the gradient
-reaches θ through the images (the meta-encoders are differentiable in their magnitude) and through the gates.
+"unfrozen" ablation), one optimizer step per batch, and ALRS decaying the lr after each pass over the
+training loader. Gradient-norm clipping is opt-in (`clip_grad_norm`): an older version of the authors' code
+clipped at 10, the pinned commit (f9616a2) does not. The student is in eval mode with its weights frozen;
+the gradient reaches θ through the images (the meta-encoders are differentiable in their magnitude) and
+through the gates.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def search_step(
     optimizer: torch.optim.Optimizer,
     alpha: float = 1.0,
     beta: float = 1.0,
-    clip_grad_norm: float | None = 10.0,
+    clip_grad_norm: float | None = None,
     autocast: Callable[[], Any] | None = None,
 ) -> torch.Tensor:
     """One Stage II update on one batch; returns the (detached) loss. Both networks must be frozen."""

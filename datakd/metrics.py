@@ -1,5 +1,9 @@
 """Minibatch linear CKA with the unbiased HSIC estimator (Nguyen et al. 2021; DPK Eq. 6–7), no state.
 
+Public names: ``hsic_unbiased(K, L)`` (HSIC₁ of two n×n Gram matrices) and ``cka_minibatch(x, y)`` (linear
+CKA of one batch of features, flattened per sample). The one implementation the library has: DPK's mask
+ratio, ``datakd cka`` and users' analysis scripts all call these.
+
 DPK sets its mask ratio to 1 − CKA of the current batch's student and teacher stage features, and
 `datakd cka` averages the same three HSIC terms over the batches of a dataset. Features are flattened
 per sample (B×p), so maps of any channel count and resolution can be compared. The unbiased estimator
@@ -102,7 +106,7 @@ def cka_from_hsic(xy: torch.Tensor, xx: torch.Tensor, yy: torch.Tensor) -> torch
     return torch.where(denom > 0, ratio.clamp(-1.0, 1.0), torch.zeros_like(xy))
 
 
-def linear_cka_unbiased(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def cka_minibatch(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Minibatch linear CKA of one batch (k = 1 in DPK Eq. 7), a float64 scalar, no gradient."""
     with torch.no_grad():
         terms = hsic_terms(x, y)
