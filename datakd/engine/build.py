@@ -16,6 +16,7 @@ from datakd.data.build import eval_loader, load_dataset, make_normalizer, train_
 from datakd.data.file_loader import decode
 from datakd.engine import distributed as D
 from datakd.engine.context import SetupContext
+from datakd.engine.rundir import clear_run, prepare_run_dir
 from datakd.engine.trainer import Trainer
 from datakd.errors import ConfigError, DatakdError
 from datakd.events.base import build_events
@@ -23,6 +24,7 @@ from datakd.losses.base import build_terms
 from datakd.models import create
 from datakd.models.checkpoint_io import load_weights
 from datakd.targets.base import build_target_transform
+from datakd.validation import check_model_input
 
 MODES = ("train", "distill")
 
@@ -68,7 +70,16 @@ def load_model(
             f"dataset has {num_classes}"
         )
     model = create(model_name, num_classes, **model_kwargs)
-    load_weights(model, state)
+    try:
+        load_weights(model, state)
+    except DatakdError as exc:
+        stored = state.get("model_name")
+        valid = (
+            f"the architecture it was trained as ({stored!r}: drop the name override)"
+            if stored
+            else ("the name of the architecture it was trained as")
+        )
+        raise DatakdError(f"checkpoint {str(checkpoint)!r}: {exc}; valid: {valid}") from None
     return model, {"checkpoint": str(checkpoint), "name": model_name, "kwargs": model_kwargs}
 
 
@@ -98,19 +109,23 @@ def _sample_images(bundle: Any, normalizer: Any, device: torch.device, image_siz
     return normalizer(images.to(device))
 
 
-def build_trainer(cfg: RunConfig, mode: str, run_dir: Path | None = None, resume: bool = False) -> Trainer:
-    """Everything a run needs, validated before the first step; `resume` loads ``run_dir/last.pt``."""
+def build_trainer(
+    cfg: RunConfig,
+    mode: str,
+    run_dir: Path | None = None,
+    resume: bool | str = False,
+    overwrite: bool = False,
+) -> Trainer:
+    """Everything a run needs, validated before the first step; `resume` loads ``run_dir/last.pt``
+    (``"auto"``: when there is one), `overwrite` replaces an earlier run (see `datakd.engine.rundir`)."""
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}; valid choices: {', '.join(MODES)}")
     device = resolve_device(cfg.device)
     run_dir = Path(run_dir or cfg.out or default_run_dir(cfg))
     last = run_dir / "last.pt"
-    if not resume and last.exists():
-        raise DatakdError(
-            f"run directory {str(run_dir)!r} already holds a run; pass --resume to continue it "
-            "or choose another --out"
-        )
     _check_names(cfg, mode)
+    fresh_over_old = overwrite or resume == "auto"  # auto without last.pt: files of a run never checkpointed
+    resume = prepare_run_dir(run_dir, resume, overwrite, is_main=D.rank() == 0)
     seed_everything(cfg.seed, cfg.engine.deterministic)
     if device.type == "cpu":
         # Subnormal floats (tiny KD gradients late in training) slow CPU kernels by 10-20x; flushing them to
@@ -169,13 +184,17 @@ def build_trainer(cfg: RunConfig, mode: str, run_dir: Path | None = None, resume
         cfg.data, bundle, normalizer, device, cfg.seed, augmenter.raw_transform(), rank, world
     )
     evaluator = eval_loader(cfg.data, bundle, normalizer, device, rank, world)
+    samples = _sample_images(bundle, normalizer, device, cfg.data.image_size)
+    check_model_input(student, samples, "student", cfg.student.name, cfg.data.dataset)
+    if teacher is not None and teacher_source is not None:
+        check_model_input(teacher, samples, "teacher", teacher_source["name"], cfg.data.dataset)
     ctx = SetupContext(
         student=student,
         teacher=teacher,
         num_classes=bundle.num_classes,
         num_train=len(bundle.train),
         train_labels=bundle.train.labels,
-        sample_images=_sample_images(bundle, normalizer, device, cfg.data.image_size),
+        sample_images=samples,
         device=device,
         batch_size=cfg.data.batch_size,
         steps_per_epoch=len(loader),
@@ -214,8 +233,15 @@ def build_trainer(cfg: RunConfig, mode: str, run_dir: Path | None = None, resume
         events,
         teacher_loader,
     )
-    if resume and last.exists():
-        trainer.load_state(last)
+    if resume:
+        try:
+            trainer.load_state(last)
+        except DatakdError as exc:
+            raise DatakdError(
+                f"cannot resume: {exc}; valid: an intact last.pt (or start again with --overwrite)"
+            ) from None
+    elif fresh_over_old and rank == 0:
+        clear_run(run_dir)  # only now that everything built: a bad input leaves the earlier run intact
     return trainer
 
 
