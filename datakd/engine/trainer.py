@@ -397,8 +397,9 @@ class Trainer:
             with StopSignals(self.cfg.engine.preempt_signals) as self._signals:
                 while self.epoch < stop:
                     self._run_epoch(started, wall_before)
-                    if self.epoch < stop:
-                        self._stop_if_requested(checkpoint=False)  # last.pt of this epoch end is written
+                    reason = self._stop_requested() if self.epoch < stop else None
+                    if reason is not None:  # the epoch-end last.pt is written
+                        raise Preempted(reason, self.run_dir, self.epoch, self.step, self.global_step)
         except Preempted as preempted:
             self.wall_seconds = wall_before + (time.perf_counter() - started)
             if self.is_main:
@@ -429,14 +430,6 @@ class Trainer:
         if D.all_reduce_sum(flag).item() == 0:
             return None
         return received or "a preemption signal on another rank"
-
-    def _stop_if_requested(self, checkpoint: bool) -> None:
-        reason = self._stop_requested()
-        if reason is None:
-            return
-        if checkpoint:
-            self.save_checkpoint()
-        raise Preempted(reason, self.run_dir, self.epoch, self.step, self.global_step)
 
     def _checkpoint_due(self) -> bool:
         """True when engine.checkpoint_every_minutes have passed since the last checkpoint."""
@@ -478,17 +471,17 @@ class Trainer:
             self._epoch_images += len(batch) * self.world_size
             bar.update(1)
             check_stop = self.world_size == 1 or self.global_step % STOP_CHECK_EVERY == 0
-            stopping = check_stop and self.step < self.steps_per_epoch and self._stop_requested() is not None
-            due = (every and self.global_step % every == 0) or self._checkpoint_due() or stopping
+            reason = self._stop_requested() if check_stop and self.step < self.steps_per_epoch else None
+            due = (every and self.global_step % every == 0) or self._checkpoint_due() or reason is not None
             if due and self.step < self.steps_per_epoch:
                 self._sync()
                 self._epoch_train_seconds += time.perf_counter() - tick
                 self.wall_seconds = wall_before + (time.perf_counter() - started)
                 self.save_checkpoint()
                 tick = time.perf_counter()
-            if stopping:
+            if reason is not None:
                 bar.close()
-                self._stop_if_requested(checkpoint=False)
+                raise Preempted(reason, self.run_dir, self.epoch, self.step, self.global_step)
         bar.close()
         self._sync()
         self._epoch_train_seconds += time.perf_counter() - tick
