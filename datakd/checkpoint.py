@@ -20,9 +20,28 @@ from datakd.errors import DatakdError
 FORMAT_VERSION = 1
 
 
+class CheckpointWriteError(DatakdError, OSError):
+    """Writing a file failed (disk full, unwritable folder); the previous version of the file is intact."""
+
+
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """Write `obj` with torch.save so that `path` is replaced in one step."""
+    """Write `obj` with torch.save so that `path` is replaced in one step.
+
+    An OSError (disk full, no permission) becomes a one-line `CheckpointWriteError` naming the path and
+    the reason; the previous file at `path` is untouched because the new one never got renamed over it.
+    """
     path = Path(path)
+    try:
+        _atomic_save(obj, path)
+    except OSError as exc:
+        kept = f"the previous {path.name} is intact" if path.exists() else f"no earlier {path.name} existed"
+        raise CheckpointWriteError(
+            f"cannot write {str(path)!r}: {exc.strerror or exc} (errno {exc.errno}); {kept}; free space "
+            "or choose a writable --out, then rerun with --resume"
+        ) from None
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -68,7 +87,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             data = torch.load(path, map_location="cpu", weights_only=False)
         except Exception:
             raise DatakdError(
-                f"checkpoint {str(path)!r} cannot be read: {str(exc).splitlines()[0]}"
+                f"checkpoint {str(path)!r} cannot be read ({str(exc).splitlines()[0].split('. ')[0]}); "
+                "it is truncated or not a torch checkpoint"
             ) from None
     if not isinstance(data, dict):
         raise DatakdError(f"checkpoint {str(path)!r} is not a dict (found {type(data).__name__})")

@@ -7,6 +7,7 @@ import sys
 
 from datakd import __version__
 from datakd.commands.base import COMMANDS
+from datakd.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
 from datakd.errors import DatakdError
 from datakd.registry import describe
 
@@ -34,13 +35,22 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
     --quiet b=2` would reject `b=2`; such left-over overrides join the command's in command-line order.
     Anything else left over is still an error.
     """
-    args, extras = parser.parse_known_args(argv)
+    args, extras = parser.parse_known_args(_bare_resume(sys.argv[1:] if argv is None else argv))
     if extras:
         overrides = getattr(args, "overrides", None)
         if overrides is None or any(e.startswith("-") or "=" not in e for e in extras):
             parser.error(f"unrecognized arguments: {' '.join(extras)}")
         args.overrides = [*overrides, *extras]
     return args
+
+
+def _bare_resume(argv: list[str]) -> list[str]:
+    """`--resume` takes an optional `auto`; keep argparse from reading a following key=value as its value."""
+    out = list(argv)
+    for i, token in enumerate(out):
+        if token == "--resume" and (i + 1 == len(out) or out[i + 1] != "auto"):
+            out[i] = "--resume=yes"
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._command.run(args) or 0)
+    except Preempted as stop:
+        print(f"datakd {args.command}: {stop}", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     except DatakdError as exc:
         print(f"datakd {args.command}: error: {exc}", file=sys.stderr)
         return 2

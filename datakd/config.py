@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from datakd.errors import ConfigError, choice_error
+from datakd.validation import validate_config
 
 
 @dataclass
@@ -101,6 +102,11 @@ class EngineConfig:
     deterministic: bool = False
     grad_clip_norm: float | None = None
     checkpoint_every_iters: int = 0
+    # Also checkpoint mid-epoch when this many minutes passed since the last checkpoint (0 = off).
+    checkpoint_every_minutes: float = 0.0
+    # Signals taken as a preemption notice: finish the step, checkpoint, exit with code 75
+    # (docs/reliability.md).
+    preempt_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
     eval_every: int = 1
     save_best: bool = True
     tensorboard: bool = True
@@ -208,7 +214,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     kwargs = {}
     for key, value in values.items():
         if key not in names:
-            raise choice_error(f"config key in {where}:", key, names, ConfigError)
+            raise choice_error(f"config key in {where or 'the recipe'}:", key, names, ConfigError)
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}" if where else key)
     return cls(**kwargs)
 
@@ -226,6 +232,7 @@ def config_from_dict(values: dict[str, Any]) -> RunConfig:
     for i, event in enumerate(config.events):
         if not isinstance(event, dict) or "name" not in event:
             raise ConfigError(f"events[{i}]: expected a mapping with a 'name' key, got {event!r}")
+    validate_config(config)
     return config
 
 

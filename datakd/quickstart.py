@@ -85,7 +85,9 @@ def run_quickstart(
     epochs: int | None = None,
     quiet: bool = False,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
+    """Run the three stages into `out`; `resume` skips finished stages and continues (or starts) the rest."""
     results: dict[str, Any] = {
         "dataset": "fashion-mnist"
         if data_root
@@ -100,7 +102,7 @@ def run_quickstart(
         if resume and done.exists():
             summary = json.loads(done.read_text())
         else:
-            trainer = build_trainer(cfg, mode, resume=resume)
+            trainer = build_trainer(cfg, mode, resume="auto" if resume else False, overwrite=overwrite)
             summary = trainer.fit()
         results[stage] = {
             "model": cfg.student.name,

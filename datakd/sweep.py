@@ -82,8 +82,8 @@ def run_state(run: SweepRun) -> str:
 
 def command_for(run: SweepRun, recipe: Path, mode: str, overrides: list[str], quiet: bool) -> list[str]:
     cmd = [sys.executable, "-m", "datakd", mode, "--config", str(recipe), *overrides, *run.overrides]
-    if run_state(run) == "partial":
-        cmd.append("--resume")
+    if run_state(run) != "done":  # a run killed before its first checkpoint has files but no last.pt
+        cmd += ["--resume", "auto"]
     if quiet:
         cmd.append("--quiet")
     return cmd

@@ -18,7 +18,17 @@ PACKAGE = Path(__file__).resolve().parents[1] / "datakd"
 
 # Lowest first. Entries are module names or package prefixes (``datakd.losses`` covers its submodules).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("datakd", "datakd.errors", "datakd.registry", "datakd.config", "datakd.checkpoint")),
+    (
+        "foundation",
+        (
+            "datakd",
+            "datakd.errors",
+            "datakd.validation",
+            "datakd.registry",
+            "datakd.config",
+            "datakd.checkpoint",
+        ),
+    ),
     ("models and data", ("datakd.models", "datakd.data")),
     ("api: the method interface", ("datakd.api", "datakd.adversarial", "datakd.metrics")),
     ("losses", ("datakd.losses",)),

@@ -247,8 +247,7 @@ def train_teachers(out: Path, data_root: Path, jobs: int, threads: int) -> dict[
             continue
         recipe = write_yaml(cfg, out / "recipes" / f"teacher_{role}.yaml")
         cmd = [sys.executable, "-m", "datakd", "train", "--config", str(recipe), "--out", str(run_dir)]
-        if (run_dir / "last.pt").is_file():
-            cmd.append("--resume")
+        cmd += ["--resume", "auto"]  # continue a partial run, start one that has no checkpoint yet
         todo.append((role, [*cmd, "--quiet"], run_dir))
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         codes = list(

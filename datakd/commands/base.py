@@ -35,9 +35,7 @@ def add_run_flags(parser: argparse.ArgumentParser, resume: bool = True) -> None:
     parser.add_argument("--seed", type=int, help="random seed")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     if resume:
-        parser.add_argument(
-            "--resume", action="store_true", help="continue the run in --out from its last.pt"
-        )
+        add_resume_flags(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
 
@@ -58,3 +56,28 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
     if getattr(args, "quiet", False):
         out.append("quiet=true")
     return out
+
+
+def add_resume_flags(parser: argparse.ArgumentParser) -> None:
+    """--resume [auto] (args.resume: False, True or "auto") and --overwrite (see datakd.engine.rundir)."""
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_resume_value,
+        metavar="auto",
+        help="continue the run in --out from its last.pt; with `auto`, start fresh when there is none "
+        "(one command for the first start and every requeue)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="delete the run already in --out and start again"
+    )
+
+
+def _resume_value(text: str) -> bool | str:
+    if text == "auto":
+        return "auto"
+    if text == "yes":  # what a bare --resume becomes (datakd.cli._bare_resume)
+        return True
+    raise argparse.ArgumentTypeError(f"{text!r} is not a resume mode; valid: --resume, --resume auto")

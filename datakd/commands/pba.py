@@ -55,6 +55,13 @@ class PBA(Command):
         search.add_argument(
             "--synch", action="store_true", help="synchronous PBT (all members reach each interval first)"
         )
+        search.add_argument(
+            "--max-failures",
+            type=int,
+            default=2,
+            help="restarts of a crashed member from its last checkpoint (2); rerunning the same command "
+            "after the driver was killed resumes the search",
+        )
         search.add_argument("--quiet", action="store_true", help="no Ray progress output")
         convert = sub.add_parser("convert", help="PBA pbt_policy_*.txt log -> datakd schedule JSON")
         convert.add_argument("log", help="a PBA/role-kd pbt_policy_<trial>.txt file")
@@ -97,6 +104,7 @@ class PBA(Command):
             num_cpus=args.num_cpus,
             synch=args.synch,
             quiet=args.quiet,
+            max_failures=args.max_failures,
             meta={"recipe": str(Path(args.config).resolve()), "overrides": overrides},
         )
         best = summary["best"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from datakd.commands.base import Command, register_command
+from datakd.commands.base import Command, add_resume_flags, register_command
 from datakd.quickstart import format_table, run_quickstart
 
 
@@ -25,15 +25,20 @@ class Quickstart(Command):
             "--epochs", type=int, help="epochs of every stage (default: teacher 15, students 6)"
         )
         parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-        parser.add_argument(
-            "--resume", action="store_true", help="continue an interrupted quick start in --out"
-        )
+        add_resume_flags(parser)
         parser.add_argument("--quiet", action="store_true")
 
     def run(self, args: argparse.Namespace) -> int:
         out = Path(args.out)
         results = run_quickstart(
-            out, args.seed, args.device, args.data_root, args.epochs, args.quiet, args.resume
+            out,
+            args.seed,
+            args.device,
+            args.data_root,
+            args.epochs,
+            args.quiet,
+            bool(args.resume),
+            args.overwrite,
         )
         print(format_table(results))
         print(f"results written to {out / 'results.json'}")

@@ -26,7 +26,7 @@ class _RunCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         cfg = load_config(args.config, list(args.overrides) + flag_overrides(args))
         D.init_from_env("cuda" if cfg.device.startswith("cuda") else "cpu")
-        trainer = build_trainer(cfg, self.mode, resume=args.resume)
+        trainer = build_trainer(cfg, self.mode, resume=args.resume, overwrite=args.overwrite)
         summary = trainer.fit()
         if trainer.is_main:
             keys = ("top1_last", "top1_best", "top5_last", "epochs", "images_per_sec", "wall_seconds")

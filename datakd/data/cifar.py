@@ -83,7 +83,11 @@ def load_pickle(path: Path, layout: CifarLayout) -> dict[str, Any]:
         with open(path, "rb") as handle:
             raw = pickle.load(handle, encoding="bytes")
     except Exception as exc:  # corrupt or non-pickle file: report it on one line
-        raise DatakdError(f"{layout.title} file {str(path)!r} is not a readable pickle: {exc}") from exc
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DatakdError(
+            f"{layout.title} file {str(path)!r} is not a readable pickle ({reason}); it is truncated or "
+            "corrupt: download it again (valid: the python-pickle release)"
+        ) from None
     if not isinstance(raw, dict):
         raise DatakdError(f"{layout.title} file {str(path)!r} does not hold a dict")
     return {_text(k): v for k, v in raw.items()}
@@ -110,7 +114,8 @@ def read_batches(folder: Path, files: tuple[str, ...], layout: CifarLayout) -> I
     label_array = np.concatenate(labels)
     if label_array.size and (label_array.min() < 0 or label_array.max() >= layout.num_classes):
         limit = layout.num_classes - 1
-        raise DatakdError(f"{layout.title} labels in {str(folder)!r} fall outside 0..{limit}")
+        bad = int(label_array.min()) if label_array.min() < 0 else int(label_array.max())
+        raise DatakdError(f"{layout.title} files in {str(folder)!r} hold label {bad}; valid: 0..{limit}")
     return ImageArrays(torch.from_numpy(np.concatenate(images)), torch.from_numpy(label_array))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -38,18 +39,27 @@ def _open(path: Path) -> bytes:
     for candidate in (path.with_name(path.name + ".gz"), path):
         if candidate.is_file():
             opener = gzip.open if candidate.suffix == ".gz" else open
-            with opener(candidate, "rb") as handle:
-                return handle.read()
+            try:
+                with opener(candidate, "rb") as handle:
+                    return handle.read()
+            except (OSError, EOFError, zlib.error) as exc:  # truncated or not gzip at all
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise DatakdError(
+                    f"Fashion-MNIST file {str(candidate)!r} cannot be read ({reason}); it is truncated or "
+                    "corrupt: download it again (valid: the gzip-compressed IDX file as released)"
+                ) from None
     raise DatakdError(f"Fashion-MNIST file {path.name}(.gz) not found in {str(path.parent)!r}")
 
 
 def read_idx(data: bytes, name: str = "IDX file") -> np.ndarray:
     """Decode an IDX byte string (magic 0x0000 08 NDIM, big-endian dims, uint8 payload)."""
     if len(data) < 4:
-        raise DatakdError(f"{name} is truncated")
+        raise DatakdError(f"{name} is truncated: {len(data)} bytes, shorter than the 4-byte IDX magic")
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
-        raise DatakdError(f"{name}: not a uint8 IDX file (magic {data[:4].hex()})")
+        raise DatakdError(f"{name}: not a uint8 IDX file (magic {data[:4].hex()}; valid: 000008xx)")
+    if len(data) < 4 + 4 * ndim:
+        raise DatakdError(f"{name} is truncated: {len(data)} bytes cannot hold the {ndim} IDX dimensions")
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     payload = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if payload.size != int(np.prod(dims)):
@@ -62,8 +72,18 @@ def read_split(root: Path, split: str) -> ImageArrays:
     image_file, label_file = FILES[split]
     images = read_idx(_open(root / image_file), image_file)
     labels = read_idx(_open(root / label_file), label_file)
-    if images.ndim != 3 or labels.shape[0] != images.shape[0]:
+    if images.ndim != 3 or labels.ndim != 1:
+        raise DatakdError(
+            f"Fashion-MNIST {split}: {image_file} has shape {images.shape} and {label_file} {labels.shape}; "
+            "valid: N×H×W images and N labels"
+        )
+    if labels.shape[0] != images.shape[0]:
         raise DatakdError(f"Fashion-MNIST {split}: {images.shape[0]} images but {labels.shape[0]} labels")
+    if labels.size and labels.max() >= len(CLASSES):
+        raise DatakdError(
+            f"Fashion-MNIST {split}: {label_file} holds label {int(labels.max())}; "
+            f"valid: 0..{len(CLASSES) - 1}"
+        )
     return ImageArrays(
         torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
     )

@@ -19,6 +19,7 @@ from datakd.config import RunConfig
 from datakd.data.base import ImageArrays
 from datakd.data.build import eval_loader, load_dataset, make_normalizer, train_loader
 from datakd.data.file_loader import decode
+from datakd.engine.rundir import clear_run, prepare_run_dir
 from datakd.engine.trainer import Trainer
 from datakd.errors import ConfigError, DatakdError, InertSettingWarning
 from datakd.events.base import StageEvent, build_events
@@ -27,6 +28,7 @@ from datakd.models import create
 from datakd.models.checkpoint_io import load_weights
 from datakd.models.loading import freeze_teacher, load_model
 from datakd.targets.base import TargetTransform, build_target_transform
+from datakd.validation import check_model_input
 
 MODES = ("train", "distill")
 
@@ -68,8 +70,15 @@ def _sample_images(bundle: Any, normalizer: Any, device: torch.device, image_siz
     return normalizer(images.to(device))
 
 
-def build_trainer(cfg: RunConfig, mode: str, run_dir: Path | None = None, resume: bool = False) -> Trainer:
-    """Everything a run needs, validated before the first step; `resume` loads ``run_dir/last.pt``.
+def build_trainer(
+    cfg: RunConfig,
+    mode: str,
+    run_dir: Path | None = None,
+    resume: bool | str = False,
+    overwrite: bool = False,
+) -> Trainer:
+    """Everything a run needs, validated before the first step; `resume` loads ``run_dir/last.pt``
+    (``"auto"``: when there is one), `overwrite` replaces an earlier run (see `datakd.engine.rundir`).
 
     The steps run in this order on purpose: cheap checks first (mode, device, run directory, names), then
     seeding, so that model initialisation, method construction and setup draw from the seeded RNG in the
@@ -78,8 +87,11 @@ def build_trainer(cfg: RunConfig, mode: str, run_dir: Path | None = None, resume
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}; valid choices: {', '.join(MODES)}")
     device = resolve_device(cfg.device)
-    run_dir = _check_run_dir(cfg, run_dir, resume)
+    run_dir = Path(run_dir or cfg.out or default_run_dir(cfg))
+    last = run_dir / "last.pt"
     _check_names(cfg, mode)
+    fresh_over_old = overwrite or resume == "auto"  # auto without last.pt: files of a run never checkpointed
+    resume = prepare_run_dir(run_dir, resume, overwrite, is_main=D.rank() == 0)
     _seed_process(cfg, device)
     rank, world = D.rank(), D.world_size()
 
@@ -92,13 +104,17 @@ def build_trainer(cfg: RunConfig, mode: str, run_dir: Path | None = None, resume
         cfg.data, bundle, normalizer, device, cfg.seed, methods.augmenter.raw_transform(), rank, world
     )
     evaluator = eval_loader(cfg.data, bundle, normalizer, device, rank, world)
+    samples = _sample_images(bundle, normalizer, device, cfg.data.image_size)
+    check_model_input(models.student, samples, "student", cfg.student.name, cfg.data.dataset)
+    if models.teacher is not None and models.teacher_source is not None:
+        check_model_input(models.teacher, samples, "teacher", models.teacher_source["name"], cfg.data.dataset)
     ctx = SetupContext(
         student=models.student,
         teacher=models.teacher,
         num_classes=bundle.num_classes,
         num_train=len(bundle.train),
         train_labels=bundle.train.labels,
-        sample_images=_sample_images(bundle, normalizer, device, cfg.data.image_size),
+        sample_images=samples,
         device=device,
         batch_size=cfg.data.batch_size,
         steps_per_epoch=len(loader),
@@ -130,21 +146,16 @@ def build_trainer(cfg: RunConfig, mode: str, run_dir: Path | None = None, resume
         methods.events,
         models.teacher_loader,
     )
-    last = run_dir / "last.pt"
-    if resume and last.exists():
-        trainer.load_state(last)
+    if resume:
+        try:
+            trainer.load_state(last)
+        except DatakdError as exc:
+            raise DatakdError(
+                f"cannot resume: {exc}; valid: an intact last.pt (or start again with --overwrite)"
+            ) from None
+    elif fresh_over_old and rank == 0:
+        clear_run(run_dir)  # only now that everything built: a bad input leaves the earlier run intact
     return trainer
-
-
-def _check_run_dir(cfg: RunConfig, run_dir: Path | None, resume: bool) -> Path:
-    """The run directory; an existing run there is continued only with `resume`."""
-    run_dir = Path(run_dir or cfg.out or default_run_dir(cfg))
-    if not resume and (run_dir / "last.pt").exists():
-        raise DatakdError(
-            f"run directory {str(run_dir)!r} already holds a run; pass --resume to continue it "
-            "or choose another --out"
-        )
-    return run_dir
 
 
 def _seed_process(cfg: RunConfig, device: torch.device) -> None:

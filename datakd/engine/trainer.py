@@ -32,10 +32,14 @@ from datakd.engine.ddp import average_gradient_list, average_gradients, synchron
 from datakd.engine.evaluate import evaluate
 from datakd.engine.metrics import EpochMeters, MetricsCSV, TensorBoardLog, write_json
 from datakd.engine.optim import LRSchedule, build_optimizer, merge_section
+from datakd.engine.preemption import Preempted, StopSignals
 from datakd.errors import DatakdError, NonFiniteLossError
 from datakd.events.base import StageEvent
 from datakd.losses.base import LossTerm
 from datakd.targets.base import TargetInputs, TargetTransform
+
+# Under DDP, ranks agree on a preemption stop every this many steps (one scalar all-reduce).
+STOP_CHECK_EVERY = 8
 
 
 class Trainer:
@@ -393,17 +397,50 @@ class Trainer:
         for event in self.events:
             event.on_train_start(self)
         self._teacher_eval()
+        self._last_checkpoint_time = time.monotonic()
         try:
-            while self.epoch < stop:
-                self._run_epoch(started, wall_before)
+            with StopSignals(self.cfg.engine.preempt_signals) as self._signals:
+                while self.epoch < stop:
+                    self._run_epoch(started, wall_before)
+                    reason = self._stop_requested() if self.epoch < stop else None
+                    if reason is not None:  # the epoch-end last.pt is written
+                        raise Preempted(reason, self.run_dir, self.epoch, self.step, self.global_step)
+        except Preempted as preempted:
+            self.wall_seconds = wall_before + (time.perf_counter() - started)
+            if self.is_main:
+                write_json(self.summary() | preempted.record(), self.run_dir / "summary.json")
+            raise
         finally:
+            self._signals = None
             if self.tb is not None:
                 self.tb.close()
         self.wall_seconds = wall_before + (time.perf_counter() - started)
-        summary = self.summary()
+        summary = self.summary() | {"status": "finished" if self.epoch >= self.total_epochs else "paused"}
         if self.is_main:
             write_json(summary, self.run_dir / "summary.json")
         return summary
+
+    # ----------------------------------------------------------------- preemption and timed checkpoints
+    def _stop_requested(self) -> str | None:
+        """The preemption signal this process (or, under DDP, any rank) received, else None.
+
+        Under DDP the ranks agree by an all-reduce every `STOP_CHECK_EVERY` steps (and at epoch ends), so
+        they all stop after the same step.
+        """
+        signals = getattr(self, "_signals", None)
+        received = None if signals is None else signals.received
+        if self.world_size == 1:
+            return received
+        flag = torch.tensor([0.0 if received is None else 1.0], device=self.device)
+        if D.all_reduce_sum(flag).item() == 0:
+            return None
+        return received or "a preemption signal on another rank"
+
+    def _checkpoint_due(self) -> bool:
+        """True when engine.checkpoint_every_minutes have passed since the last checkpoint."""
+        minutes = self.cfg.engine.checkpoint_every_minutes
+        last = getattr(self, "_last_checkpoint_time", None)
+        return bool(minutes) and last is not None and time.monotonic() - last >= minutes * 60
 
     def _run_epoch(self, started: float, wall_before: float) -> None:
         epoch = self.epoch
@@ -438,12 +475,18 @@ class Trainer:
             self.global_step += 1
             self._epoch_images += len(batch) * self.world_size
             bar.update(1)
-            if every and self.global_step % every == 0 and self.step < self.steps_per_epoch:
+            check_stop = self.world_size == 1 or self.global_step % STOP_CHECK_EVERY == 0
+            reason = self._stop_requested() if check_stop and self.step < self.steps_per_epoch else None
+            due = (every and self.global_step % every == 0) or self._checkpoint_due() or reason is not None
+            if due and self.step < self.steps_per_epoch:
                 self._sync()
                 self._epoch_train_seconds += time.perf_counter() - tick
                 self.wall_seconds = wall_before + (time.perf_counter() - started)
                 self.save_checkpoint()
                 tick = time.perf_counter()
+            if reason is not None:
+                bar.close()
+                raise Preempted(reason, self.run_dir, self.epoch, self.step, self.global_step)
         bar.close()
         self._sync()
         self._epoch_train_seconds += time.perf_counter() - tick
@@ -575,6 +618,7 @@ class Trainer:
         }
 
     def save_checkpoint(self, best: bool = False) -> None:
+        self._last_checkpoint_time = time.monotonic()
         if not self.is_main:
             return
         state = self.state_dict()

@@ -38,7 +38,16 @@ def load_model(
             f"dataset has {num_classes}"
         )
     model = create(model_name, num_classes, **model_kwargs)
-    load_weights(model, state)
+    try:
+        load_weights(model, state)
+    except DatakdError as exc:
+        stored = state.get("model_name")
+        valid = (
+            f"the architecture it was trained as ({stored!r}: drop the name override)"
+            if stored
+            else ("the name of the architecture it was trained as")
+        )
+        raise DatakdError(f"checkpoint {str(checkpoint)!r}: {exc}; valid: {valid}") from None
     return model, {"checkpoint": str(checkpoint), "name": model_name, "kwargs": model_kwargs}
 
 

@@ -145,9 +145,16 @@ def run_search(
     synch: bool = False,
     quiet: bool = False,
     meta: dict[str, Any] | None = None,
+    max_failures: int = 2,
+    trainable_class: Any = None,
 ) -> dict[str, Any]:
     """Run the search; writes ``out/schedule.json`` (the best member's policy per epoch) and
-    ``out/search.json`` (every member's final reward), and returns the summary."""
+    ``out/search.json`` (every member's final reward), and returns the summary.
+
+    Faults: every member checkpoints each epoch, and a member whose process dies or raises is restarted
+    from its last checkpoint up to `max_failures` times (Ray's FailureConfig). When ``out`` already holds
+    a search (its driver was killed), the same call resumes it (Tuner.restore): finished members keep their
+    results, unfinished ones continue from their checkpoints. `trainable_class` replaces PBATrial (tests)."""
     try:
         import ray
         from ray import tune
@@ -156,6 +163,8 @@ def run_search(
         raise DatakdError(INSTALL_HINT) from None
     from datakd.pba.trainable import PBATrial
 
+    if max_failures < 0:
+        raise ConfigError(f"--max-failures must be >= 0, got {max_failures}")
     if population < 2:
         raise ConfigError(f"a PBA population needs at least 2 members, got {population}")
     if not 0 < quantile <= 0.5:
@@ -182,23 +191,31 @@ def run_search(
             synch=synch,
         )
         trainable = tune.with_resources(
-            tune.with_parameters(PBATrial, spec=spec.to_dict()),
+            tune.with_parameters(trainable_class or PBATrial, spec=spec.to_dict()),
             {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
         )
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"policy": [0] * POLICY_LENGTH},  # PBA starts every member with no augmentation
-            tune_config=tune.TuneConfig(
-                scheduler=scheduler, metric=REWARD, mode="max", num_samples=population, reuse_actors=True
-            ),
-            run_config=tune.RunConfig(
-                name="search",
-                storage_path=str(out / "ray"),
-                stop={"training_iteration": spec.epochs},
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
-                verbose=0 if quiet else 1,
-            ),
-        )
+        experiment = out / "ray" / "search"
+        if tune.Tuner.can_restore(str(experiment)):
+            if not quiet:
+                print(f"datakd pba search: resuming the search in {experiment}", file=sys.stderr)
+            tuner = tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"policy": [0] * POLICY_LENGTH},  # PBA starts every member with no augmentation
+                tune_config=tune.TuneConfig(
+                    scheduler=scheduler, metric=REWARD, mode="max", num_samples=population, reuse_actors=True
+                ),
+                run_config=tune.RunConfig(
+                    name="search",
+                    storage_path=str(out / "ray"),
+                    stop={"training_iteration": spec.epochs},
+                    # every epoch: a crashed member or a restored search loses at most one epoch per member
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=4, checkpoint_frequency=1),
+                    failure_config=tune.FailureConfig(max_failures=max_failures),
+                    verbose=0 if quiet else 1,
+                ),
+            )
         results = tuner.fit()
     finally:
         if started:

@@ -54,6 +54,7 @@ class TrialSpec:
         values.update(seed=seed, out=str(run_dir), quiet=True, name=f"{values.get('name', 'run')}-pba")
         engine = values.setdefault("engine", {})
         engine.update(tensorboard=False, save_best=False, eval_every=1, checkpoint_every_iters=0)
+        engine["preempt_signals"] = []  # Ray owns its member processes' signals (SIGTERM stops actors)
         cfg = config_from_dict(values)
         if cfg.total_epochs != self.epochs:
             raise DatakdError(f"search length {self.epochs} became {cfg.total_epochs} epochs after rescaling")
