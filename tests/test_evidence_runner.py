@@ -70,9 +70,11 @@ def test_adaptive_seeds_only_for_inconclusive_claims() -> None:
         for s in range(3)
         for arm, value in (("ce", 80 + s), ("kd", 82 + s), ("tlcutmix", 82 + s + (0.3 if s else -0.3)))
     ]
-    extra = adaptive_seeds(rows, ["ce", "kd", "tlcutmix"], 5)
+    extra = adaptive_seeds(rows, ["ce", "kd", "tlcutmix"], [0, 1, 2], 5)
     # KD > CE is resolved (+2 every seed); TLCutMix − KD = −0.3, +0.3, +0.3 is not: both arms get seeds 3, 4.
     assert extra == [("kd", 3), ("tlcutmix", 3), ("kd", 4), ("tlcutmix", 4)]
+    # Not judged before both arms have every first seed.
+    assert adaptive_seeds(rows[:-1], ["ce", "kd", "tlcutmix"], [0, 1, 2], 5) == []
 
 
 def test_smoke_run_end_to_end(fmnist_root: Path, tmp_path: Path) -> None:

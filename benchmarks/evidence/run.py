@@ -30,7 +30,8 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -218,24 +219,25 @@ class Runner:
     def time_left(self) -> bool:
         return self.deadline is None or time.monotonic() < self.deadline
 
-    def execute(self, todo: list[tuple[str, int]]) -> None:
+    def execute(self, todo: list[tuple[str, int]], adaptive: Adaptive | None = None) -> None:
+        """Run `todo` on `--jobs` workers; with `adaptive`, a worker that finds the queue empty adds the
+        seeds of every claim that is inconclusive once both its arms have their first seeds, so the
+        device never idles waiting for the slowest first-round run."""
         recorded = {(r["arm"], int(r["seed"])) for r in report.read_rows(self.out / "runs.csv")}
-        pending = []
+        queue: deque[tuple[str, int]] = deque()
         for arm, seed in todo:
             run = self.run_of(arm, seed)
             if run_state(run) == "done":
                 if (arm, seed) not in recorded:
                     self.record(arm, run, None)
                 continue
-            pending.append((arm, seed))
-        total, done = len(pending), [0]
+            queue.append((arm, seed))
+        scheduled = set(todo)
+        total, done = [len(queue)], [0]
         started = time.monotonic()
 
         def one(item: tuple[str, int]) -> None:
             arm, seed = item
-            if not self.time_left():
-                print(f"{arm} seed {seed}: not started (deadline)", flush=True)
-                return
             run = self.run_of(arm, seed)
             recipe, mode = self.recipe(arm)
             t0 = time.perf_counter()
@@ -244,22 +246,36 @@ class Runner:
             wall = time.perf_counter() - t0
             with self.lock:
                 done[0] += 1
+            where = f"[{done[0]}/{total[0]} +{time.monotonic() - started:.0f}s] {arm} seed {seed}"
             if code != 0:
                 self.failed.append(f"{arm} seed {seed}")
-                print(
-                    f"[{done[0]}/{total}] {arm} seed {seed}: FAILED (exit {code}) after {wall:.0f} s",
-                    flush=True,
-                )
+                print(f"{where}: FAILED (exit {code}) after {wall:.0f} s; see logs/{arm}-seed{seed}.log")
                 return
             row = self.record(arm, run, wall)
-            print(
-                f"[{done[0]}/{total} +{time.monotonic() - started:.0f}s] {arm} seed {seed}: top-1 "
-                f"{row['top1_last']:.2f} (train {row['train_top1']:.2f}) in {wall:.0f} s",
-                flush=True,
-            )
+            print(f"{where}: top-1 {row['top1_last']:.2f} (train {row['train_top1']:.2f}) in {wall:.0f} s")
 
+        running: set[Future[None]] = set()
         with ThreadPoolExecutor(max_workers=max(1, self.args.jobs)) as pool:
-            list(pool.map(one, pending))
+            while True:
+                while queue and len(running) < self.args.jobs and self.time_left():
+                    running.add(pool.submit(one, queue.popleft()))
+                if not queue and adaptive is not None and self.time_left():
+                    rows = report.read_rows(self.out / "runs.csv")
+                    extra = [i for i in adaptive_seeds(rows, *adaptive) if i not in scheduled]
+                    if extra:
+                        print(f"adaptive seeds: {len(extra)} more runs for inconclusive claims", flush=True)
+                        queue.extend(extra)
+                        scheduled.update(extra)
+                        total[0] += len(extra)
+                        continue
+                if queue and not self.time_left():
+                    print(f"deadline: {len(queue)} runs not started", flush=True)
+                    queue.clear()
+                if not running:
+                    break
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    future.result()
 
 
 def ordered(arms: list[str], seeds: list[int]) -> list[tuple[str, int]]:
@@ -268,15 +284,27 @@ def ordered(arms: list[str], seeds: list[int]) -> list[tuple[str, int]]:
     return [(arm, seed) for seed in seeds for arm in by_cost]
 
 
-def adaptive_seeds(rows: list[dict[str, Any]], arms: list[str], max_seeds: int) -> list[tuple[str, int]]:
-    """Runs that bring both arms of every inconclusive claim to `max_seeds` seeds."""
+# (arms of this invocation, first seeds, max seeds): what adaptive_seeds needs besides the results.
+Adaptive = tuple[list[str], list[int], int]
+
+
+def adaptive_seeds(
+    rows: list[dict[str, Any]], arms: list[str], first: list[int], max_seeds: int
+) -> list[tuple[str, int]]:
+    """Seeds 0..max_seeds−1 for both arms of every claim that is inconclusive on its first seeds.
+
+    A claim is judged once both its arms have finished all `first` seeds (a claim whose arm failed a
+    first seed is never extended).
+    """
     scores = report.scores(rows)
     extra: set[tuple[str, int]] = set()
     for claim in A.CLAIMS:
         if claim.better not in arms or claim.worse not in arms:
             continue
-        result = paired(scores.get(claim.better, {}), scores.get(claim.worse, {}))
-        if result.n and result.verdict == INCONCLUSIVE:
+        better, worse = scores.get(claim.better, {}), scores.get(claim.worse, {})
+        if not set(first) <= set(better) & set(worse):
+            continue
+        if paired(better, worse).verdict == INCONCLUSIVE:
             for arm in (claim.better, claim.worse):
                 extra |= {(arm, s) for s in range(max_seeds) if s not in scores.get(arm, {})}
     return [item for item in ordered(sorted({a for a, _ in extra}), list(range(max_seeds))) if item in extra]
@@ -313,6 +341,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines survive a run cut by a timeout
     if args.smoke:
         args.arms, args.seeds, args.no_adaptive = ",".join(A.SMOKE_ARMS), "0", True
         args.epochs, args.teacher_epochs, args.train_size = 2, 1, 300
@@ -367,12 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["teachers"] = {
         role: json.loads((path.parent / "summary.json").read_text()) for role, path in runner.teachers.items()
     }
-    runner.execute(ordered(arms, seeds))
-    if not args.no_adaptive:
-        extra = adaptive_seeds(report.read_rows(out / "runs.csv"), arms, args.max_seeds)
-        if extra:
-            print(f"adaptive seeds: {len(extra)} more runs for the arms of inconclusive claims", flush=True)
-            runner.execute(extra)
+    runner.execute(ordered(arms, seeds), None if args.no_adaptive else (arms, seeds, args.max_seeds))
     invocation["wall_s"] = round(time.time() - started, 1)
     invocation["failed"] = runner.failed
     report.write_json(meta, meta_path)

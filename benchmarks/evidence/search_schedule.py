@@ -69,12 +69,12 @@ def main() -> int:
     )
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--out", default="runs/evidence-search")
-    parser.add_argument("--teacher-images", type=int, default=10000, help="CPU teacher's training slice")
-    parser.add_argument("--teacher-epochs", type=int, default=8)
-    parser.add_argument("--population", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=15, help="epochs per member (replay stretches)")
+    parser.add_argument("--teacher-images", type=int, default=3000, help="CPU teacher's training slice")
+    parser.add_argument("--teacher-epochs", type=int, default=3)
+    parser.add_argument("--population", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=6, help="epochs per member (replay stretches)")
     parser.add_argument("--val-size", type=int, default=500, help="validation images carved from the subset")
-    parser.add_argument("--perturbation-interval", type=int, default=3)
+    parser.add_argument("--perturbation-interval", type=int, default=2)
     parser.add_argument("--num-cpus", type=int, default=1)
     parser.add_argument("--schedule", default=str(A.SCHEDULE_FILE), help="where to copy the schedule")
     args = parser.parse_args()
@@ -89,6 +89,7 @@ def main() -> int:
             "evidence-search-teacher", A.TEACHERS["main"], args.teacher_epochs, data_root, "cpu"
         )
         cfg["data"]["train_subset"] = args.teacher_images
+        cfg["data"]["test_subset"] = 1000  # its accuracy is only reported; a full test pass per epoch is dear
         cfg["loss"] = {"ce": {"weight": 1.0}}
         recipe = write_yaml(cfg, out / "teacher.yaml")
         run(
