@@ -100,6 +100,14 @@ def claims_table(rows: list[dict[str, Any]]) -> list[str]:
             f"| {claim.name} (`{claim.better}` − `{claim.worse}`) | {claim.paper} | {p.n} | {diffs} | "
             f"{p.mean:+.2f} | {_interval(p)} | **{p.verdict}** |"
         )
+    ran = scores(rows)
+    for claim in A.CLAIMS:
+        missing = [a for a in (claim.better, claim.worse) if a not in ran]
+        if missing:
+            lines.append(
+                f"| {claim.name} (`{claim.better}` − `{claim.worse}`) | {claim.paper} | 0 | – | – | – | "
+                f"**not run** (no runs of {', '.join(missing)}) |"
+            )
     return lines
 
 
@@ -200,7 +208,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], figure: str) -> s
     return "\n".join(lines)
 
 
-def figure(rows: list[dict[str, Any]], path: Path) -> None:
+def figure(rows: list[dict[str, Any]], path: Path, teacher_top1: float | None = None) -> None:
     """Left: per-seed dots and the mean per arm. Right: paired difference per claim with its 95 % interval."""
     import matplotlib
 
@@ -215,9 +223,12 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
         values = list(top1[arm].values())
         left.scatter(values, [i] * len(values), s=14, color="tab:blue", alpha=0.6, zorder=2)
         left.scatter([sum(values) / len(values)], [i], marker="|", s=300, color="black", zorder=3)
-    left.set_yticks(range(len(arms)), arms)
+    if teacher_top1 is not None:
+        left.axvline(teacher_top1, color="tab:orange", ls="--", lw=1, label=f"teacher {teacher_top1:.2f}")
+        left.legend(loc="lower right", fontsize=8)
+    left.set_yticks(range(len(arms)), [f"{a} (n={len(top1[a])})" for a in arms])
     left.invert_yaxis()
-    left.set_xlabel("test top-1, last epoch (%) — dots: seeds, bar: mean")
+    left.set_xlabel("test top-1, last epoch (%); dots: seeds, bar: mean")
     left.grid(axis="x", alpha=0.3)
     colours = {"reproduced": "tab:green", "contradicted": "tab:red", "inconclusive": "tab:gray"}
     for i, (_, p) in enumerate(results):
@@ -230,7 +241,8 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
     right.axvline(0, color="black", lw=0.8)
     right.set_yticks(range(len(results)), [f"{c.name} (n={p.n})" for c, p in results])
     right.invert_yaxis()
-    right.set_xlabel("paired difference, top-1 points (mean, 95 % t-interval; green/red/grey = verdict)")
+    right.set_xlabel("paired difference (points); dots: seeds; mean ± 95 % t-interval")
+    right.set_title("green: reproduced, red: contradicted, grey: inconclusive", fontsize=9)
     right.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -244,7 +256,8 @@ def write(out: Path, results: Path, figure_path: Path) -> None:
         raise SystemExit(f"no finished runs in {out / 'runs.csv'}")
     meta_file = out / "meta.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    figure(rows, figure_path)
+    teacher = meta.get("teachers", {}).get("main", {}).get("top1_last")
+    figure(rows, figure_path, teacher)
     try:
         rel = figure_path.resolve().relative_to(results.resolve().parent)
     except ValueError:

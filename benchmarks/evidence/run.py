@@ -97,6 +97,15 @@ class Runner:
         self.teachers: dict[str, Path] = {}
         self.recipes: dict[str, tuple[Path, str]] = {}
         self.failed: list[str] = []
+        # OUT/meta.json, rewritten after every finished run: a benchmark cut by a timeout keeps its record.
+        self.meta: dict[str, Any] = {}
+        self.invocation: dict[str, Any] = {}
+        self.started = time.time()
+
+    def save_meta(self) -> None:
+        self.invocation["wall_s"] = round(time.time() - self.started, 1)
+        self.invocation["failed"] = list(self.failed)
+        report.write_json(self.meta, self.out / "meta.json")
 
     # ------------------------------------------------------------------ setup
     def _data(self, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -214,6 +223,7 @@ class Runner:
             shutil.copy(metrics, self.out / "metrics" / f"{arm}-seed{run.seed}.csv")
         with self.lock:
             report.append_row(self.out / "runs.csv", row)
+            self.save_meta()
         return row
 
     def time_left(self) -> bool:
@@ -369,7 +379,6 @@ def main(argv: list[str] | None = None) -> int:
         args.epochs, args.teacher_epochs, args.train_size, args.teacher_size, args.test_size, args.device
     )
     runner = Runner(args, proto)
-    started = time.time()
     meta_path = out / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"invocations": []}
     meta.update(
@@ -380,11 +389,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     invocation = {
         "command": "python benchmarks/evidence/run.py " + shlex.join(sys.argv[1:]),
-        "started": started,
+        "started": runner.started,
     }
     meta["invocations"].append(invocation)
-    out.mkdir(parents=True, exist_ok=True)
-    report.write_json(meta, meta_path)
+    runner.meta, runner.invocation = meta, invocation
+    runner.save_meta()
     print(
         f"evidence: {len(arms)} arms x seeds {seeds} on {args.device}, {args.jobs} at a time; out {out}",
         flush=True,
@@ -396,10 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     meta["teachers"] = {
         role: json.loads((path.parent / "summary.json").read_text()) for role, path in runner.teachers.items()
     }
+    runner.save_meta()
     runner.execute(ordered(arms, seeds), None if args.no_adaptive else (arms, seeds, args.max_seeds))
-    invocation["wall_s"] = round(time.time() - started, 1)
-    invocation["failed"] = runner.failed
-    report.write_json(meta, meta_path)
+    runner.save_meta()
     print(f"evidence: done in {invocation['wall_s']:.0f} s; {len(runner.failed)} failed runs", flush=True)
     print(report.claims_text(report.read_rows(out / "runs.csv")), flush=True)
     return 1 if runner.failed else 0
