@@ -320,6 +320,21 @@ def adaptive_seeds(
     return [item for item in ordered(sorted({a for a, _ in extra}), list(range(max_seeds))) if item in extra]
 
 
+def preflight(device: str) -> None:
+    """Fail in one line before any run if a run's process could not start (missing module, no CUDA)."""
+    import importlib
+
+    for module in ("torch", "yaml", "tqdm", "numpy"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise SystemExit(f"python module {module!r} is missing; every datakd run needs it") from None
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device}: torch {torch.__version__} sees no CUDA device (use cpu)")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default=str(DEFAULT_DATA), help="folder with the four IDX files")
@@ -372,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if not Path(args.data_root).is_dir():
         raise SystemExit(f"--data-root {args.data_root} is not a folder with the four IDX files")
+    preflight(args.device)
     if "iikd_pba" in arms and not Path(args.schedule).is_file():
         print(f"skip iikd_pba: no student schedule at {args.schedule} (search_schedule.py writes it)")
         arms.remove("iikd_pba")
