@@ -161,6 +161,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], figure: str) -> s
     started = [inv.get("started") for inv in invocations if inv.get("started")]
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(min(started))) if started else "unknown"
     test = proto.get("test_size") or "all 10,000"
+    n = proto.get("eval_every", 1)
+    every = f" every {n} epochs and after the last" if n != 1 else " after every epoch"
     size = proto.get("teacher_size")
     teacher_images = f"a {size}-image subset of the" if size else "the full (60,000-image)"
     lines = [
@@ -179,7 +181,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], figure: str) -> s
         f"{teacher_images} training split ({teacher_text}). "
         f"Students {proto.get('student')} on a fixed class-balanced {proto.get('train_size')}-image subset "
         f"of the training split (split_seed {proto.get('split_seed')}), {proto.get('epochs')} epochs, "
-        f"evaluated on {test} test images; the number is last-epoch top-1. *train top-1* is the final "
+        f"evaluated on {test} test images{every}; the number is last-epoch top-1. *train top-1* is the final "
         "student on its own training subset without augmentation (does the student overfit?). A seed fixes "
         "a student's initialisation and data order, so runs of two arms with the same seed are paired. "
         "Arm settings: `benchmarks/evidence/arms.py`; resolved recipes: OUT/recipes/.",

@@ -64,6 +64,7 @@ class Protocol:
     teacher_size: int | None  # None: the full training split
     test_size: int | None  # None: the full test split
     device: str
+    eval_every: int = 1  # test-split passes every N epochs (and always after the last)
 
 
 def git_revision() -> str:
@@ -111,6 +112,8 @@ class Runner:
     def _data(self, cfg: dict[str, Any]) -> dict[str, Any]:
         if self.proto.test_size:
             cfg["data"]["test_subset"] = self.proto.test_size
+        if self.proto.eval_every != 1:
+            cfg["engine"]["eval_every"] = self.proto.eval_every
         return cfg
 
     def prepare(self, roles: list[str], tst: bool) -> None:
@@ -351,6 +354,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-size", type=int, default=A.TRAIN_SIZE, help="student subset (class-balanced)")
     p.add_argument("--teacher-size", type=int, help="teacher's training images (default: the full split)")
     p.add_argument("--test-size", type=int, help="test images (default: the full test split)")
+    p.add_argument(
+        "--eval-every", type=int, default=1, help="test every N epochs (CPU: the 10k-image pass is dear)"
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (every run on this device)")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (2 on a 2-core CPU; ~12 on one GPU)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
@@ -392,7 +398,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skip iikd_pba: no student schedule at {args.schedule} (search_schedule.py writes it)")
         arms.remove("iikd_pba")
     proto = Protocol(
-        args.epochs, args.teacher_epochs, args.train_size, args.teacher_size, args.test_size, args.device
+        args.epochs,
+        args.teacher_epochs,
+        args.train_size,
+        args.teacher_size,
+        args.test_size,
+        args.device,
+        args.eval_every,
     )
     runner = Runner(args, proto)
     meta_path = out / "meta.json"
