@@ -50,7 +50,6 @@ from benchmarks.evidence.stats import INCONCLUSIVE, paired  # noqa: E402
 from datakd.sweep import SweepRun, command_for, plan, run_state  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fashion-mnist"
-FIELDS = report.FIELDS
 # Rough cost of one run relative to KD (CPU measurements of benchmarks/fmnist): the dearest start first
 # in each wave so the slowest runs do not trail at the end.
 COST = {"tlcutmix_pick": 3, "dpk": 3, "dpk_fixed": 3, "tst": 3, "tst_fixed": 2.5, "iikd": 2, "iikd_pba": 2}
