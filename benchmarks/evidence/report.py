@@ -146,6 +146,23 @@ def arm_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def regime_check(rows: list[dict[str, Any]], teachers: dict[str, Any]) -> list[str]:
+    """The regime the claims are about: does the CE student overfit, and does the teacher know more?"""
+    ce = [r for r in rows if r["arm"] == "ce"]
+    if not ce:
+        return []
+    train = [float(r["train_top1"]) for r in ce]
+    test = [float(r["top1_last"]) for r in ce]
+    teacher = teachers.get("main", {}).get("top1_last")
+    teacher_text = f"; the teacher: {teacher:.2f} on the test split" if teacher is not None else ""
+    return [
+        f"**Regime check.** The CE student ends at {_pm(train)} top-1 on its own training images and "
+        f"{_pm(test)} on the test split (gap {mean_std(train)[0] - mean_std(test)[0]:.2f} points, "
+        f"{len(ce)} seeds){teacher_text}.",
+        "",
+    ]
+
+
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], figure: str) -> str:
     proto = meta.get("protocol", {})
     teachers = meta.get("teachers", {})
@@ -188,6 +205,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], figure: str) -> s
         "",
         f"![per-seed results and paired differences]({figure})",
         "",
+        *regime_check(rows, teachers),
         "## Claims",
         "",
         "Per claim: the per-seed differences (first arm − second arm, last-epoch test top-1 points), their "
