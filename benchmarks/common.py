@@ -6,10 +6,20 @@ Kept in one place so every script compares against the same reference pipeline; 
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch.utils.data import DataLoader, Dataset
+
+from datakd.checkpoint import atomic_write_text
 
 
 def data_section(data_root: str | None, batch_size: int, dataset: str = "cifar100") -> dict[str, Any]:
@@ -74,3 +84,37 @@ def reference_loader(
         drop_last=drop_last,
         persistent_workers=workers > 0,
     )
+
+
+# ----------------------------------------------------------------- benchmark runners (fmnist, evidence)
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def content_hash(cfg: dict[str, Any], data_root: Path) -> str:
+    """A cached run's identity: its config without the data path (or device), plus the dataset files' bytes.
+
+    A teacher trained on another machine with the same config and data is the same teacher.
+    """
+    keyed = copy.deepcopy(cfg)
+    keyed["data"].pop("root")
+    keyed.pop("device", None)
+    files = sorted(p for p in data_root.iterdir() if "ubyte" in p.name)
+    payload = json.dumps(keyed, sort_keys=True) + "".join(f"{p.name}:{file_digest(p)}" for p in files)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def write_yaml(values: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(yaml.safe_dump(values, sort_keys=False), path)
+    return path
+
+
+def run_logged(cmd: list[str], log: Path, threads: int, env: dict[str, str] | None = None) -> int:
+    """Run one datakd process with its own thread budget; its output goes to a log file, not the console."""
+    env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as handle:
+        handle.write(f"$ {shlex.join(cmd)}\n")
+        handle.flush()
+        return subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env).returncode

@@ -15,24 +15,23 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from datakd.checkpoint import atomic_write_text
-from datakd.sweep import SweepRun, aggregate, command_for, plan, run_state, write_results
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+
+from benchmarks.common import content_hash, run_logged, write_yaml  # noqa: E402
+from datakd.checkpoint import atomic_write_text  # noqa: E402
+from datakd.sweep import SweepRun, aggregate, command_for, plan, run_state, write_results  # noqa: E402
+
 DEFAULT_DATA = HERE.parents[2] / "shared" / "data" / "fashion-mnist"
 
 # Why these sizes: 30 student runs (10 arms × 3 seeds) plus two teachers must fit in about an hour on two
@@ -185,10 +184,6 @@ def set_budget(epochs: int, teacher_epochs: int, train_subset: int) -> None:
         event["at"] = min(epochs - 1, max(1, round(event["at"] * scale)))
 
 
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def base_config(name: str, model: str, epochs: int, data_root: Path) -> dict[str, Any]:
     """What teachers and students share: data, optimizer, schedule."""
     return {
@@ -208,31 +203,6 @@ def teacher_config(model: str, data_root: Path) -> dict[str, Any]:
     cfg = base_config(f"fmnist-teacher-{model}", model, TEACHER_EPOCHS, data_root)
     cfg["loss"] = {"ce": {"weight": 1.0}}
     return cfg
-
-
-def content_hash(cfg: dict[str, Any], data_root: Path) -> str:
-    """The teacher's identity: its config without the data path, plus the bytes of the dataset files."""
-    keyed = copy.deepcopy(cfg)
-    keyed["data"].pop("root")
-    files = sorted(p for p in data_root.iterdir() if "ubyte" in p.name)
-    payload = json.dumps(keyed, sort_keys=True) + "".join(f"{p.name}:{file_digest(p)}" for p in files)
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
-def write_yaml(values: dict[str, Any], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(yaml.safe_dump(values, sort_keys=False), path)
-    return path
-
-
-def run_logged(cmd: list[str], log: Path, threads: int) -> int:
-    """Run one datakd process with its own thread budget; its output goes to a log file, not the console."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as handle:
-        handle.write(f"$ {shlex.join(cmd)}\n")
-        handle.flush()
-        return subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env).returncode
 
 
 def train_teachers(out: Path, data_root: Path, jobs: int, threads: int) -> dict[str, Path]:
@@ -306,7 +276,11 @@ def fmt(stat: dict[str, Any] | None, digits: int = 2) -> str:
 
 
 def results_markdown(
-    rows: dict[str, dict[str, Any]], teachers: dict[str, Path], command: str, wall: float, seeds: list[int]
+    rows: dict[str, dict[str, Any]],
+    teachers: dict[str, Path],
+    commands: list[str],
+    wall: float,
+    seeds: list[int],
 ) -> str:
     base = {
         name: rows[name]["top1_last"]["mean"] for name in ("ce", "kd") if rows.get(name, {}).get("top1_last")
@@ -315,9 +289,16 @@ def results_markdown(
     lines = [
         "# Fashion-MNIST real-data benchmark (CPU)",
         "",
-        f"Produced by `{command}` on {time.strftime('%Y-%m-%d')}, "
+        "Produced by these invocations into one OUT folder (finished runs are skipped, so each "
+        "ran the runs still missing):",
+        "",
+        "```",
+        *commands,
+        "```",
+        "",
+        f"Table written {time.strftime('%Y-%m-%d')} on "
         f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU; "
-        f"{wall / 60:.0f} min of wall time for the runs this invocation executed.",
+        f"{wall / 60:.0f} min of wall time for the runs the last invocation executed.",
         "",
         f"Protocol: Fashion-MNIST 28×28 grayscale, a fixed {TRAIN_SUBSET}-image training subset "
         f"(split_seed 0), evaluated after every epoch on a fixed {TEST_SUBSET}-image subset of the **test** "
@@ -385,6 +366,14 @@ def main() -> int:
     if not data_root.is_dir():
         parser.error(f"--data-root {data_root} is not a folder with the Fashion-MNIST files")
 
+    # Every invocation into OUT is kept: the table lists all of them, not only the last.
+    log = out / "commands.txt"
+    commands = log.read_text().splitlines() if log.is_file() else []
+    command = "python benchmarks/fmnist/run.py " + shlex.join(sys.argv[1:])
+    if command not in commands and not args.aggregate_only:
+        commands.append(command)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text("\n".join(commands) + "\n", log)
     teachers = train_teachers(out, data_root, args.jobs, args.threads)
     recipes = {arm: arm_recipe(arm, out, data_root, teachers) for arm in arms}
     if "tst" in recipes:
@@ -421,8 +410,7 @@ def main() -> int:
             runs[arm] = plan(out / "arms" / arm, seeds, [])
         write_results(out / "arms" / arm, recipes[arm][0], recipes[arm][1], runs[arm], [])
         rows[arm] = aggregate(runs[arm])[0]
-    command = "python benchmarks/fmnist/run.py " + shlex.join(sys.argv[1:])
-    text = results_markdown(rows, teachers, command, time.perf_counter() - started, seeds)
+    text = results_markdown(rows, teachers, commands, time.perf_counter() - started, seeds)
     atomic_write_text(text, Path(args.results))
     print(text)
     return 1 if any(codes) else 0

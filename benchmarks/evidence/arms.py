@@ -1,0 +1,187 @@
+"""The evidence protocol as data: shared run settings, the arms, and the claims they test.
+
+Every arm is a ResNet-8 student distilled from the same ResNet-20 teacher (trained on the full training
+split) on the same fixed, class-balanced 2,000-image subset, for the same number of epochs. Loss weights are
+each paper's CIFAR recipe (``recipes/``); settings given in epochs are scaled from the recipe's 240 epochs
+by their fraction of training (the one documented scaling rule). `scaled_arms` applies that rule to any
+epoch count, so `--epochs` and `--smoke` stay faithful to it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+# The student PBA schedule `search_schedule.py` found on the 2,000-image subset (committed; see README.md).
+SCHEDULE_FILE = HERE / "iikd_student_schedule.json"
+
+RECIPE_EPOCHS = 240  # the CIFAR recipes' length, the base of every epoch fraction below
+EPOCHS = 60
+TEACHER_EPOCHS = 15
+TRAIN_SIZE = 2000
+SEEDS = (0, 1, 2)
+MAX_SEEDS = 8
+
+TEACHERS: dict[str, str] = {"main": "resnet20", "weak": "resnet14"}
+STUDENT = "resnet8"
+GRAY = {"in_channels": 1}
+
+DATA: dict[str, Any] = {
+    "dataset": "fashion-mnist",
+    "options": {"pad_to_32": False, "rgb": False},
+    "split_seed": 0,  # the same class-balanced subset for every run, whatever its seed
+    "batch_size": 128,
+    # One eval batch per 2,500 images keeps the per-epoch test pass to a few launches on a GPU.
+    "eval_batch_size": 2500,
+    "augment": "crop_flip",
+    "crop_padding": 2,
+}
+OPTIM = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}
+SCHEDULE = {"name": "cosine", "warmup_epochs": 1.0, "warmup_start_factor": 0.1}
+TEACHER_BATCH = 256  # teacher only: 60k images per epoch, fewer and larger steps
+
+KD = {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "temperature": 4.0}}
+TL_MIX = {**KD, "kd_mix": {"type": "kd", "views": ["mix"], "weight": 0.9, "temperature": 4.0}}
+TST_LOSS = {"ce": {"weight": 1.0}, "kd": {"weight": 0.5, "temperature": 4.0}}
+TST_AUG = {
+    "name": "tst",
+    "encoders": "{out}/tst_encoders.pt",
+    "num_ops": 4,
+    "rbd_mode": "code",
+    "lr": 0.01,
+    # Stage I fits on the student subset (`data.train_subset`): the student never sees other images.
+    "fit": {"epochs_spatial": 10, "epochs_color": 10, "batch_size": 64, "lr": 0.005},
+}
+IIKD = {"ce": {"weight": 1.0}, "iikd": {"weight": 0.4}}
+WSL = {
+    "ce": {"weight": 1.0, "label_smoothing": 0.1},
+    "wsl": {"weight": 0.5, "temperature": 2.0, "variant": "effdstl"},
+}
+DPK = {
+    "ce": {"weight": 1.0},
+    "kd": {"weight": 0.8, "temperature": 4.0},
+    "dpk": {
+        "weight": 0.2,
+        # Last stage only (7×7, 49 tokens) with a small transformer (recipe: 512 wide, 6 + 4 blocks on three
+        # stages): one DPK run must cost about as much as the others.
+        "student": ["stage3"],
+        "teacher": ["stage3"],
+        "width": 128,
+        "heads": 4,
+        "encoder_depth": 2,
+        "decoder_depth": 2,
+        "ratio": "cka",
+    },
+}
+
+# Each arm on top of the shared student config. Values in "at"/"warmup_epochs" are in RECIPE_EPOCHS units
+# and are rescaled by `scaled_arms`. "teacher_role" picks the teacher (default: main).
+ARMS: dict[str, dict[str, Any]] = {
+    "ce": {"loss": {"ce": {"weight": 1.0}}},
+    "kd": {"loss": KD},
+    # TL paper Table 1 baseline: KD plus CE on a CutMix view with the CutMix labels.
+    "kd_cutmix": {
+        "loss": {**KD, "ce_mix": {"type": "ce", "views": ["mix"], "weight": 0.9}},
+        "augmenter": {"name": "cutmix_ce", "alpha": 1.0},
+    },
+    "tlmixup": {"loss": TL_MIX, "augmenter": {"name": "tlmixup", "alpha": 1.0}},
+    "tlcutmix": {"loss": TL_MIX, "augmenter": {"name": "tlcutmix", "alpha": 1.0}},
+    "tlcutmix_pick": {
+        "loss": TL_MIX,
+        "augmenter": {"name": "tlcutmix_pick", "runs": 2, "criterion": "kld", "temperature": 4.0},
+    },
+    # Stage II for one pass at 30/240 and 90/240 of training (the ResNet-110 → ResNet-20 recipe).
+    "tst": {
+        "loss": TST_LOSS,
+        "augmenter": TST_AUG,
+        "events": [{"name": "tst_search", "at": [30, 90], "epochs": 1}],
+    },
+    "tst_fixed": {"loss": TST_LOSS, "augmenter": TST_AUG},  # Table 5 "learnable: no": f_DE never searched
+    "iikd": {"loss": IIKD},  # "only II-KD", gradient clip as in the released code
+    "iikd_pba": {"loss": IIKD, "augmenter": {"name": "pba", "schedule": "{schedule}", "cutout": 0}},
+    "wsl": {"loss": WSL},
+    # EffDstl: WSL from a weaker teacher, then at 192/240 the main teacher with CKM targets, a fresh SGD.
+    "wsl_ckm": {
+        "teacher_role": "weak",
+        "loss": {
+            **WSL,
+            "ckm": {"type": "kd", "weight": 0.0, "temperature": 1.0, "scale_tau2": False, "form": "soft_ce"},
+        },
+        "target_transform": {"name": "ckm", "teacher_temperature": 0.7, "smoothing": 0.99},
+        "events": [
+            {
+                "name": "switch_teacher",
+                "at": 192,
+                "checkpoint": "{teacher:main}",
+                "model": TEACHERS["main"],
+                "optim": {"lr": 0.01, "weight_decay": 0.0},
+                "schedule": {"name": "cosine"},
+            },
+            {"name": "set_loss_weights", "at": 192, "weights": {"ce": 0.0, "wsl": 0.0, "ckm": 1.0}},
+        ],
+    },
+    "dpk": {"loss": DPK},
+    "dpk_fixed": {"loss": {**DPK, "dpk": {**DPK["dpk"], "ratio": 0.5}}},  # DPK Table 6: fixed π
+    "dist": {
+        "loss": {
+            "ce": {"weight": 1.0},
+            "dist": {"weight": 2.0, "beta": 1.0, "gamma": 1.0, "temperature": 4.0},
+        }
+    },
+    # β = 2: mdistiller's value for same-family ResNet pairs; 20 of 240 warm-up epochs.
+    "dkd": {
+        "loss": {
+            "ce": {"weight": 1.0},
+            "dkd": {"alpha": 1.0, "beta": 2.0, "temperature": 4.0, "warmup_epochs": 20},
+        }
+    },
+}
+SMOKE_ARMS = ("ce", "kd", "tlcutmix")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """`better` beats (or, with ``at_least``, is no worse than) `worse`, as the paper says."""
+
+    name: str
+    better: str
+    worse: str
+    paper: str
+    at_least: bool = False
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("KD > CE", "kd", "ce", "Hinton et al. 2015"),
+    Claim("TLCutMix > KD", "tlcutmix", "kd", "001 (TL), Table 3"),
+    Claim("TLCutMix > KD + CutMix(CE)", "tlcutmix", "kd_cutmix", "001 (TL), Tables 1/3"),
+    Claim("pick ≥ TLCutMix", "tlcutmix_pick", "tlcutmix", "001 (TL), Table 3", at_least=True),
+    Claim("TST > KD", "tst", "kd", "000 (TST), Table 1"),
+    Claim("TST > TST fixed", "tst", "tst_fixed", "000 (TST), Table 5"),
+    Claim("searched student schedule > none", "iikd_pba", "iikd", "002 (role-wise KD), Table 1"),
+    Claim("WSL→CKM ≥ WSL", "wsl_ckm", "wsl", "003 (EffDstl), Table 4", at_least=True),
+    Claim("DPK > KD", "dpk", "kd", "004 (DPK), Table 1"),
+    Claim("DPK (CKA π) > DPK (fixed π)", "dpk", "dpk_fixed", "004 (DPK), Table 6"),
+)
+
+
+def _scale(value: float, epochs: int) -> int:
+    """A recipe epoch (of RECIPE_EPOCHS) at the same fraction of `epochs`, inside [1, epochs − 1]."""
+    return min(epochs - 1, max(1, round(value * epochs / RECIPE_EPOCHS)))
+
+
+def scaled_arms(epochs: int) -> dict[str, dict[str, Any]]:
+    """ARMS with every epoch-valued setting moved to the same fraction of an `epochs`-long run."""
+    arms = copy.deepcopy(ARMS)
+    for spec in arms.values():
+        for event in spec.get("events", []):
+            at = event["at"]
+            event["at"] = (
+                sorted({_scale(a, epochs) for a in at}) if isinstance(at, list) else _scale(at, epochs)
+            )
+        for term in spec["loss"].values():
+            if "warmup_epochs" in term:
+                term["warmup_epochs"] = term["warmup_epochs"] * epochs / RECIPE_EPOCHS
+    return arms

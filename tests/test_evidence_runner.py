@@ -1,0 +1,103 @@
+"""The evidence benchmark: its statistics, its protocol scaling, and a real smoke run."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.evidence import arms as A  # noqa: E402
+from benchmarks.evidence.run import adaptive_seeds  # noqa: E402
+from benchmarks.evidence.stats import CONTRADICTED, INCONCLUSIVE, REPRODUCED, paired, t975  # noqa: E402
+
+
+def test_paired_interval_against_hand_computation() -> None:
+    # diffs 1, 2, 3: mean 2, sample std 1, half-width t_{0.975,2}·1/√3 = 4.303/1.732 = 2.4843
+    result = paired({0: 11.0, 1: 12.0, 2: 13.0}, {0: 10.0, 1: 10.0, 2: 10.0})
+    assert result.diffs == (1.0, 2.0, 3.0)
+    assert result.mean == pytest.approx(2.0) and result.std == pytest.approx(1.0)
+    assert result.low == pytest.approx(2.0 - 4.303 / math.sqrt(3), abs=1e-9)
+    assert result.high == pytest.approx(2.0 + 4.303 / math.sqrt(3), abs=1e-9)
+    assert result.verdict == INCONCLUSIVE  # −0.48 < 0 < 4.48
+
+
+def test_verdicts_pair_by_seed_and_need_two_seeds() -> None:
+    # A constant +0.5 gain under a large seed effect: unpaired it would be noise, paired it is resolved.
+    better = {s: 80.0 + 5 * s + 0.5 + 0.01 * s for s in range(4)}
+    worse = {s: 80.0 + 5 * s for s in range(4)}
+    assert paired(better, worse).verdict == REPRODUCED
+    assert paired(worse, better).verdict == CONTRADICTED
+    only_common = paired({0: 1.0, 1: 2.0, 7: 9.0}, {1: 1.0, 2: 5.0, 7: 3.0})
+    assert only_common.seeds == (1, 7) and only_common.diffs == (1.0, 6.0)
+    single = paired({0: 2.0}, {0: 1.0})
+    assert single.low is None and single.verdict == INCONCLUSIVE
+
+
+def test_t_quantiles() -> None:
+    assert t975(1) == 12.706 and t975(7) == 2.365
+    assert t975(60) == pytest.approx(2.0003, abs=1e-3)  # table value 2.000
+    assert t975(120) == pytest.approx(1.9799, abs=1e-3)
+    with pytest.raises(ValueError):
+        t975(0)
+
+
+def test_epoch_settings_keep_their_fraction_of_training() -> None:
+    arms = A.scaled_arms(60)
+    assert arms["tst"]["events"][0]["at"] == [8, 22]  # 30/240 and 90/240 of 60
+    assert arms["wsl_ckm"]["events"][0]["at"] == 48 == arms["wsl_ckm"]["events"][1]["at"]  # 192/240
+    assert arms["dkd"]["loss"]["dkd"]["warmup_epochs"] == pytest.approx(5.0)  # 20/240
+    short = A.scaled_arms(2)
+    assert short["tst"]["events"][0]["at"] == [1] and short["wsl_ckm"]["events"][0]["at"] == 1
+    assert A.ARMS["tst"]["events"][0]["at"] == [30, 90]  # the table itself is not modified
+
+
+def test_every_claim_names_two_arms() -> None:
+    for claim in A.CLAIMS:
+        assert claim.better in A.ARMS and claim.worse in A.ARMS, claim
+
+
+def test_adaptive_seeds_only_for_inconclusive_claims() -> None:
+    rows = [
+        {"arm": arm, "seed": s, "top1_last": value}
+        for s in range(3)
+        for arm, value in (("ce", 80 + s), ("kd", 82 + s), ("tlcutmix", 82 + s + (0.3 if s else -0.3)))
+    ]
+    extra = adaptive_seeds(rows, ["ce", "kd", "tlcutmix"], [0, 1, 2], 5)
+    # KD > CE is resolved (+2 every seed); TLCutMix − KD = −0.3, +0.3, +0.3 is not: both arms get seeds 3, 4.
+    assert extra == [("kd", 3), ("tlcutmix", 3), ("kd", 4), ("tlcutmix", 4)]
+    # Not judged before both arms have every first seed.
+    assert adaptive_seeds(rows[:-1], ["ce", "kd", "tlcutmix"], [0, 1, 2], 5) == []
+
+
+def test_smoke_run_end_to_end(fmnist_root: Path, tmp_path: Path) -> None:
+    """The whole pipeline on real images: teacher, three arms, runs.csv, RESULTS.md and the figure."""
+    out = tmp_path / "ev"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    script = str(ROOT / "benchmarks" / "evidence" / "run.py")
+    base = [sys.executable, script, "--out", str(out)]
+    cmd = [*base, "--smoke", "--data-root", str(fmnist_root), "--jobs", "2"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with open(out / "runs.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(r["arm"] for r in rows) == sorted(A.SMOKE_ARMS)
+    for row in rows:
+        assert 0.0 <= float(row["top1_last"]) <= 100.0 and 0.0 <= float(row["train_top1"]) <= 100.0
+        assert row["epochs"] == "2" and row["train_size"] == "300"
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)  # all cached: skips
+    assert again.returncode == 0 and "seed 0: top-1" not in again.stdout, again.stdout
+    results, figure = tmp_path / "RESULTS.md", tmp_path / "fig.png"
+    agg = [*base, "--aggregate-only", "--results", str(results), "--figure", str(figure)]
+    done = subprocess.run(agg, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    text = results.read_text()
+    assert "| KD > CE (`kd` − `ce`)" in text and "--smoke" in text
+    assert figure.stat().st_size > 10_000
