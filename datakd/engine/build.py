@@ -16,6 +16,7 @@ from datakd.data.build import eval_loader, load_dataset, make_normalizer, train_
 from datakd.data.file_loader import decode
 from datakd.engine import distributed as D
 from datakd.engine.context import SetupContext
+from datakd.engine.fastpath import resolve_fast_path
 from datakd.engine.trainer import Trainer
 from datakd.errors import ConfigError, DatakdError
 from datakd.events.base import build_events
@@ -119,7 +120,9 @@ def build_trainer(cfg: RunConfig, mode: str, run_dir: Path | None = None, resume
     rank, world = D.rank(), D.world_size()
 
     bundle, eval_split = load_dataset(cfg.data, cfg.seed)
-    normalizer = make_normalizer(bundle, device, cfg.engine.channels_last)
+    steps = -(-len(bundle.train) // cfg.data.batch_size) * cfg.total_epochs  # about; all auto needs
+    fast = resolve_fast_path(cfg.engine.channels_last, cfg.engine.compile, device, steps, world)
+    normalizer = make_normalizer(bundle, device, fast.channels_last)
 
     if not cfg.student.name:
         raise ConfigError("no model to train: set student.name (or model.name) in the recipe")
@@ -130,7 +133,7 @@ def build_trainer(cfg: RunConfig, mode: str, run_dir: Path | None = None, resume
     def teacher_loader(checkpoint: str, name: str | None) -> tuple[nn.Module, dict[str, Any]]:
         kwargs = cfg.teacher.kwargs if checkpoint == cfg.teacher.checkpoint else None
         model, source = load_model(checkpoint, bundle.num_classes, name, kwargs)
-        return freeze_teacher(model, device, cfg.engine.channels_last), source
+        return freeze_teacher(model, device, fast.channels_last), source
 
     teacher, teacher_source = None, None
     if mode == "distill":
@@ -143,7 +146,7 @@ def build_trainer(cfg: RunConfig, mode: str, run_dir: Path | None = None, resume
             _init_from(student, teacher)
 
     student = student.to(device)
-    if cfg.engine.channels_last:
+    if fast.channels_last:
         student = student.to(memory_format=torch.channels_last)
 
     terms = build_terms(cfg.loss)
@@ -185,7 +188,7 @@ def build_trainer(cfg: RunConfig, mode: str, run_dir: Path | None = None, resume
         std=bundle.std,
         seed=cfg.seed,
         run_dir=run_dir,
-        extra={"bundle": bundle, "config": cfg},
+        extra={"bundle": bundle, "config": cfg, "fast_path": fast},
     )
     augmenter.setup(ctx)
     augmenter.to(device)
@@ -213,6 +216,7 @@ def build_trainer(cfg: RunConfig, mode: str, run_dir: Path | None = None, resume
         target_transform,
         events,
         teacher_loader,
+        fast,
     )
     if resume and last.exists():
         trainer.load_state(last)
