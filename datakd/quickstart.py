@@ -17,6 +17,9 @@ from datakd.engine.build import build_trainer
 
 TEACHER_MODEL = "resnet20"
 STUDENT_MODEL = "resnet8"
+# The shipped teacher: written by scripts/train_quickstart_teacher.py (the `teacher` stage below, seed 0).
+TEACHER_WEIGHTS = "quickstart_teacher_resnet20.pt"
+TEACHER_SHA256 = ""
 
 BASE: dict[str, Any] = {
     "data": {
@@ -75,6 +78,26 @@ def stage_config(
     if stage == "student_kd":
         values["teacher"] = {"checkpoint": str(out / "teacher" / "last.pt")}
     return values
+
+
+def train_teacher(out: Path, seed: int = 0, device: str = "auto", quiet: bool = False) -> dict[str, Any]:
+    """The protocol's teacher stage, trained into `out` (what the shipped weights come from)."""
+    values = stage_config("teacher", out.parent, seed, device, None, None, quiet)
+    values["out"] = str(out)
+    return build_trainer(config_from_dict(values), "train").fit()
+
+
+def export_teacher(checkpoint: Path, target: Path) -> str:
+    """Keep only what a teacher needs (weights, architecture, classes) and return the file's SHA-256."""
+    import hashlib
+
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    slim = {k: state[k] for k in ("model", "model_name", "model_kwargs", "num_classes", "dataset")}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(slim, target)
+    return hashlib.sha256(target.read_bytes()).hexdigest()
 
 
 def run_quickstart(
