@@ -129,15 +129,21 @@ Stepper = Iterator[int]
 
 
 def trainer_stepper(
-    args: argparse.Namespace, method: str, teacher_ckpt: Path, workdir: Path, fast: bool
+    args: argparse.Namespace,
+    method: str,
+    teacher_ckpt: Path,
+    workdir: Path,
+    fast: bool,
+    compile: bool | None = None,
 ) -> Stepper:
-    """datakd's trainer on `method`, eager or with the fast path a long run gets from `auto`."""
+    """datakd's trainer on `method`, eager or with the fast path a long run gets from `auto` (`compile`
+    False keeps bf16/channels_last but skips compiling)."""
     mode = "train" if method == "ce" else "distill"
     device = torch.device(args.device)
     values = {
         "name": f"bench-{method}",
         "device": args.device,
-        "out": str(workdir / f"{method}-{fast}"),
+        "out": str(workdir / f"{method}-{fast}-{compile}-{time.monotonic_ns()}"),
         "epochs": 1000,
         "quiet": True,
         "data": data_section(args),
@@ -150,7 +156,7 @@ def trainer_stepper(
             "nan_guard": False,
             "amp": fast and device.type == "cuda",
             "channels_last": fast,
-            "compile": fast,
+            "compile": fast if compile is None else compile,
         },
     }
     if mode == "distill":
@@ -179,7 +185,9 @@ def tst_search_stepper(trainer, args: argparse.Namespace) -> Stepper:
         yield args.batch_size
 
 
-def bound_stepper(args: argparse.Namespace, device: torch.device, num_classes: int, fast: bool) -> Stepper:
+def bound_stepper(
+    args: argparse.Namespace, device: torch.device, num_classes: int, fast: bool, compile: bool | None = None
+) -> Stepper:
     """Teacher forward + student forward/backward/step on one resident synthetic batch: KD's ceiling, with
     the same channels_last / compile / bf16 as datakd's fast path when `fast`."""
     teacher = create(args.teacher, num_classes).to(device).eval().requires_grad_(False)
@@ -191,7 +199,8 @@ def bound_stepper(args: argparse.Namespace, device: torch.device, num_classes: i
         student = student.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    t_fwd, s_fwd = (torch.compile(teacher), torch.compile(student)) if fast else (teacher, student)
+    do_compile = fast if compile is None else compile
+    t_fwd, s_fwd = (torch.compile(teacher), torch.compile(student)) if do_compile else (teacher, student)
     amp = fast and device.type == "cuda"
     while True:
         with torch.autocast(device.type, torch.bfloat16, enabled=amp):
