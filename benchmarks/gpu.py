@@ -201,6 +201,7 @@ def data_path(args, ns, device: torch.device) -> dict:
 
 
 def table(data: dict) -> str:
+    data = {"errors": {}, "skipped": [], **data}
     lines = [
         "datakd GPU benchmark ("
         + str(data.get("environment", {}).get("gpu", data.get("environment", {}).get("device")))
@@ -237,15 +238,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", required=True, help="the JSON file to write")
+    parser.add_argument("--out", help="the JSON file to write")
+    parser.add_argument("--table", help="only print the table of an existing JSON file (e.g. a killed run)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument(
-        "--budget", type=float, default=165.0, help="seconds; later sections are skipped past it"
+        "--budget", type=float, default=150.0, help="seconds; later sections are skipped past it"
     )
     parser.add_argument("--tiny", action="store_true", help="a few steps of small models (CPU smoke run)")
     parser.add_argument("--methods", default="all")
     parser.add_argument("--no-compile", action="store_true", help="headline without torch.compile")
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())))
+        return
+    if not args.out:
+        parser.error("--out FILE is required")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but CUDA is not available here; use --device cpu --tiny for a smoke run")

@@ -15,5 +15,6 @@ status=$?
 if [ "$status" -ne 0 ]; then
     echo "gpu.py exited with status $status; see $out/gpu.stderr.log (partial results in $out/gpu.json)"
     tail -n 5 "$out/gpu.stderr.log"
+    [ -f "$out/gpu.json" ] && PYTHONPATH="$PWD" "$PYTHON" benchmarks/gpu.py --table "$out/gpu.json"
 fi
 exit "$status"
