@@ -210,7 +210,7 @@ def table(data: dict) -> str:
     h = data.get("headline")
     if h:
         lines.append(
-            f"KD bf16+CL+compile {h['kd_images_per_sec']:.0f} img/s | reference "
+            f"KD {data.get('setup', {}).get('fast_path', '')} {h['kd_images_per_sec']:.0f} img/s | reference "
             f"{h['reference_kd_images_per_sec']:.0f} ({h['kd_x_reference']:.2f}x) | bound "
             f"{h['compute_bound_images_per_sec']:.0f} ({h['kd_of_bound']:.0%}) | compile "
             f"{h['kd_compile_seconds']:.0f} s"
@@ -280,6 +280,9 @@ def main() -> None:
         )
     ns.device, ns.dataset, ns.data_root = args.device, "cifar100", None
     ns.compile = not args.no_compile
+    fast_path = (
+        ("bf16+" if device.type == "cuda" else "") + "channels_last" + ("+compile" if ns.compile else "")
+    )
     torch.backends.cudnn.benchmark = True
     report = Report(Path(args.out), args.budget)
     report.data["environment"] = environment(device)
@@ -292,6 +295,7 @@ def main() -> None:
         "rounds": args.rounds,
         "data": "embedded Fashion-MNIST subset at 32x32 RGB (synthetic CIFAR shape)",
         "command": " ".join(sys.argv),
+        "fast_path": fast_path,
     }
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
