@@ -23,7 +23,7 @@ TEACHER_MODEL = "resnet20"
 STUDENT_MODEL = "resnet8"
 # The shipped teacher: written by scripts/train_quickstart_teacher.py (the `teacher` stage below, seed 0).
 TEACHER_WEIGHTS = "quickstart_teacher_resnet20.pt"
-TEACHER_SHA256 = ""
+TEACHER_SHA256 = "fa25db6454ac46261c6061929923d4a21e8ebe2c304887ab06686c44085da623"
 
 BASE: dict[str, Any] = {
     "data": {
