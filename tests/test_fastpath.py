@@ -112,6 +112,7 @@ def _losses(run: Path) -> list[float]:
         return [float(row["loss_total"]) for row in csv.DictReader(handle)]
 
 
+@pytest.mark.slow
 def test_compiled_training_follows_eager_training(runs: dict[str, Path]) -> None:
     eager, compiled = _losses(runs["eager"]), _losses(runs["compiled"])
     assert len(eager) == len(compiled) == 2
@@ -124,6 +125,7 @@ def test_compiled_training_follows_eager_training(runs: dict[str, Path]) -> None
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-3, rtol=1e-2), key
 
 
+@pytest.mark.slow
 def test_compiled_resume_is_bit_identical(runs: dict[str, Path]) -> None:
     a, b = (
         load_checkpoint(runs["compiled"] / "last.pt")["model"],
