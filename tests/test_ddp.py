@@ -31,7 +31,7 @@ def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
         epochs=2,
         teacher={"checkpoint": str(teacher)},
         loss={"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "temperature": 4.0}},
-        engine={"checkpoint_every_iters": 2, "tensorboard": False},
+        engine={"checkpoint_every_iters": 2, "tensorboard": False, "channels_last": False},
     )
     values = cfg.to_dict()
     values.pop("out")
