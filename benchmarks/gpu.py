@@ -38,10 +38,45 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import common
-from benchmarks import throughput as tp
-from datakd.checkpoint import atomic_save
-from datakd.models import create
+
+def _ensure_tqdm() -> None:
+    """The GPU machine may lack tqdm (datakd imports it for progress bars, all disabled here)."""
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        import types
+
+        class _Bar:
+            def __init__(self, iterable: Any = None, *args: Any, **kwargs: Any) -> None:
+                self.iterable = iterable
+
+            def __iter__(self):
+                return iter(self.iterable if self.iterable is not None else [])
+
+            def update(self, n: int = 1) -> None:
+                pass
+
+            def close(self) -> None:
+                pass
+
+            @staticmethod
+            def write(text: str, *args: Any, **kwargs: Any) -> None:
+                print(text, file=sys.stderr)
+
+        import importlib.machinery
+
+        module = types.ModuleType("tqdm")
+        module.__spec__ = importlib.machinery.ModuleSpec("tqdm", None)
+        module.tqdm = _Bar  # type: ignore[attr-defined]
+        sys.modules["tqdm"] = module
+
+
+_ensure_tqdm()
+
+from benchmarks import common  # noqa: E402
+from benchmarks import throughput as tp  # noqa: E402
+from datakd.checkpoint import atomic_save  # noqa: E402
+from datakd.models import create  # noqa: E402
 
 
 class Report:
