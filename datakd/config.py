@@ -97,8 +97,10 @@ class EngineConfig:
     """How the loop runs: precision, memory format, compilation, determinism, checkpoints, logging."""
 
     amp: bool = False
-    channels_last: bool = False
-    compile: bool = False
+    # true, false or auto: auto picks what is faster for the device and the run's length
+    # (datakd/engine/fastpath.py; compile only pays off for long runs).
+    channels_last: bool | str = "auto"
+    compile: bool | str = "auto"
     deterministic: bool = False
     grad_clip_norm: float | None = None
     checkpoint_every_iters: int = 0

@@ -31,7 +31,9 @@ def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
         epochs=2,
         teacher={"checkpoint": str(teacher)},
         loss={"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "temperature": 4.0}},
-        engine={"checkpoint_every_iters": 2, "tensorboard": False},
+        # Contiguous memory: channels_last (auto's CPU default) changes oneDNN's summation order enough that a
+        # few batch-norm running means of 2 processes drift past this strict tolerance from 1 process.
+        engine={"checkpoint_every_iters": 2, "tensorboard": False, "channels_last": False},
     )
     values = cfg.to_dict()
     values.pop("out")

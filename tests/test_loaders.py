@@ -95,3 +95,45 @@ def test_normalizer_matches_formula_and_inverts() -> None:
 def test_derive_seed_is_stable_and_mixes() -> None:
     assert derive_seed(1, 2, 3) == derive_seed(1, 2, 3)
     assert len({derive_seed(0, e, s) for e in range(20) for s in range(20)}) == 400
+
+
+def _old_slicing_batches(
+    split: ImageArrays, batch: int, rank: int, world: int, epoch: int
+) -> list[torch.Tensor]:
+    """Today's DDP path, written out: augment the whole global batch with one generator, then slice."""
+    norm = Normalizer((0.5,), (0.25,), CPU)
+    single = DeviceLoader(split, batch, norm, CPU, seed=3, drop_last=True)
+    order = single.order(epoch)
+    per = batch // world
+    out = []
+    for step in range(len(single)):
+        idx = order[step * batch : (step + 1) * batch]
+        images = random_crop_flip(split.images[idx], 2, True, True, generator_for(3, epoch, step))
+        out.append(norm(images[rank * per : (rank + 1) * per]))
+    return out
+
+
+def test_ddp_shard_only_augmentation_equals_augment_then_slice() -> None:
+    """Each rank augments only its shard (pre-padded, optionally pre-normalised) yet trains on exactly the
+    images the augment-the-global-batch-then-slice path gave it."""
+    split = toy(24, size=6)
+    for prenormalise in (False, True):
+        for rank in range(3):
+            loader = DeviceLoader(
+                split,
+                12,
+                Normalizer((0.5,), (0.25,), CPU),
+                CPU,
+                seed=3,
+                padding=2,
+                rank=rank,
+                world_size=3,
+                prenormalise=prenormalise,
+            )
+            assert loader.prepadded and loader.prenormalised == prenormalise
+            assert loader.source.shape[0] == 24
+            got = [b.images for b in loader.epoch(1)]
+            expected = _old_slicing_batches(split, 12, rank, 3, 1)
+            assert len(got) == len(expected) == 2
+            for a, b in zip(got, expected):
+                assert torch.equal(a, b)

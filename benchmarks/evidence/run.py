@@ -188,8 +188,8 @@ class Runner:
 
         from datakd.config import config_from_dict
         from datakd.data.build import eval_loader, load_dataset, make_normalizer
-        from datakd.models.loading import load_model
         from datakd.engine.evaluate import evaluate
+        from datakd.models.loading import load_model
 
         cfg = config_from_dict(yaml.safe_load(self.recipe(arm)[0].read_text()))
         bundle, _ = load_dataset(cfg.data, seed=run.seed)

@@ -84,6 +84,22 @@ class Normalizer:
         return pixels.round_().clamp_(0, 255).to(torch.uint8)
 
 
+CropFlipDraws = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def crop_flip_draws(
+    n: int, padding: int, crop: bool, flip: bool, generator: torch.Generator
+) -> CropFlipDraws:
+    """Row offsets, column offsets and flips of `n` images, drawn on the CPU (device-independent)."""
+    if crop and padding > 0:
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    else:
+        dy = dx = torch.zeros(n, dtype=torch.long)
+    flips = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    return dy, dx, flips
+
+
 def random_crop_flip(
     images: torch.Tensor, padding: int, crop: bool, flip: bool, generator: torch.Generator
 ) -> torch.Tensor:
@@ -92,17 +108,22 @@ def random_crop_flip(
     Offsets and flips are drawn on the CPU from `generator` (so the result does not depend on the device),
     then applied with a single advanced-indexing gather on the batch's device.
     """
+    draws = crop_flip_draws(images.shape[0], padding, crop, flip, generator)
+    return apply_crop_flip(images, padding, crop, draws)
+
+
+def apply_crop_flip(
+    images: torch.Tensor, padding: int, crop: bool, draws: CropFlipDraws, padded: bool = False
+) -> torch.Tensor:
+    """The crop/flip of `draws` as one gather; `padded` (crop only) says `images` carry the zero border."""
+    dy, dx, flips = draws
     n, _, h, w = images.shape
+    if padded:
+        h, w = h - 2 * padding, w - 2 * padding
     device = images.device
-    if crop and padding > 0:
-        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    else:
-        dy = dx = torch.zeros(n, dtype=torch.long)
-    flips = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
     if not crop and not flips.any():
         return images
-    source = F.pad(images, (padding,) * 4) if crop and padding > 0 else images
+    source = images if padded or not (crop and padding > 0) else F.pad(images, (padding,) * 4)
     rows = dy.to(device).view(n, 1, 1, 1) + torch.arange(h, device=device).view(1, 1, h, 1)
     cols = torch.arange(w, device=device).view(1, 1, 1, w).expand(n, 1, 1, w)
     cols = torch.where(flips.to(device).view(n, 1, 1, 1), (w - 1) - cols, cols) + dx.to(device).view(
@@ -185,6 +206,7 @@ class DeviceLoader(TrainLoader):
         raw_transform: RawTransform | None = None,
         rank: int = 0,
         world_size: int = 1,
+        prenormalise: bool | None = None,
     ) -> None:
         if augment not in ("crop_flip", "flip", "none"):
             raise DatakdError(
@@ -198,6 +220,17 @@ class DeviceLoader(TrainLoader):
         self.labels = split.labels.to(device)
         self.augment = augment
         self.padding = padding
+        # Without a raw transform (which works on uint8 pixels) the zero border and the normalisation are
+        # per-pixel and commute with the crop/flip gather, so they are done once for the split (exact).
+        # Normalised floats take 4x the memory: by default only on CUDA and for splits under 2 GiB.
+        self.prepadded = raw_transform is None and augment == "crop_flip" and padding > 0
+        if prenormalise is None:
+            prenormalise = device.type == "cuda" and self.images.numel() * 4 <= 2**31
+        self.prenormalised = bool(prenormalise) and raw_transform is None
+        source = F.pad(self.images, (padding,) * 4) if self.prepadded else self.images
+        if self.prenormalised:
+            source = torch.addcmul(normalizer.shift, source.to(normalizer.dtype), normalizer.scale)
+        self.source = source
 
     def num_samples(self) -> int:
         return len(self.labels)
@@ -211,21 +244,33 @@ class DeviceLoader(TrainLoader):
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         order = self.order(epoch)
+        shard = self.rank_slice()
+        crop, flip = self.augment == "crop_flip", self.augment in ("crop_flip", "flip")
         for step in range(start_step, len(self)):
             global_idx = order[step * self.batch_size : (step + 1) * self.batch_size]
             generator = generator_for(self.seed, epoch, step)
-            idx = global_idx.to(self.device)
-            images = self.images[idx]
             if self.raw_transform is not None:
-                images = self.raw_transform(images, generator)
-            images = random_crop_flip(
-                images,
-                self.padding,
-                self.augment == "crop_flip",
-                self.augment in ("crop_flip", "flip"),
-                generator,
-            )
+                # A raw transform draws for the whole global batch: augment it all, then take this shard.
+                idx = global_idx.to(self.device)
+                images = self.raw_transform(self.images[idx], generator)
+                images = random_crop_flip(images, self.padding, crop, flip, generator)
+                if self.world_size > 1:
+                    images, idx = images[shard], idx[shard]
+                yield Batch(self.normalizer(images), self.labels[idx], idx)
+                continue
+            # Draws for the whole global batch (so every image gets the draws it gets in one process), but
+            # each rank gathers and augments only its own shard.
+            draws = crop_flip_draws(len(global_idx), self.padding, crop, flip, generator)
             if self.world_size > 1:
-                sl = self.rank_slice()
-                images, idx = images[sl], idx[sl]
-            yield Batch(self.normalizer(images), self.labels[idx], idx)
+                global_idx = global_idx[shard]
+                draws = (draws[0][shard], draws[1][shard], draws[2][shard])
+            idx = global_idx.to(self.device)
+            images = apply_crop_flip(self.source[idx], self.padding, crop, draws, self.prepadded)
+            yield Batch(self._normalise(images), self.labels[idx], idx)
+
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        if not self.prenormalised:
+            return self.normalizer(images)
+        return (
+            images.contiguous(memory_format=torch.channels_last) if self.normalizer.channels_last else images
+        )

@@ -19,6 +19,7 @@ from datakd.config import RunConfig
 from datakd.data.base import ImageArrays
 from datakd.data.build import eval_loader, load_dataset, make_normalizer, train_loader
 from datakd.data.file_loader import decode
+from datakd.engine.fastpath import resolve_fast_path
 from datakd.engine.rundir import clear_run, prepare_run_dir
 from datakd.engine.trainer import Trainer
 from datakd.errors import ConfigError, DatakdError, InertSettingWarning
@@ -96,8 +97,10 @@ def build_trainer(
     rank, world = D.rank(), D.world_size()
 
     bundle, eval_split = load_dataset(cfg.data, cfg.seed)
-    normalizer = make_normalizer(bundle, device, cfg.engine.channels_last)
-    models = load_models(cfg, mode, bundle.num_classes, device)
+    steps = -(-len(bundle.train) // cfg.data.batch_size) * cfg.total_epochs  # about; all `auto` needs
+    fast = resolve_fast_path(cfg.engine.channels_last, cfg.engine.compile, device, steps, world)
+    normalizer = make_normalizer(bundle, device, fast.channels_last)
+    models = load_models(cfg, mode, bundle.num_classes, device, fast.channels_last)
     methods = build_methods(cfg, mode)
 
     loader = train_loader(
@@ -124,7 +127,7 @@ def build_trainer(
         std=bundle.std,
         seed=cfg.seed,
         run_dir=run_dir,
-        extra={"bundle": bundle, "config": cfg},
+        extra={"bundle": bundle, "config": cfg, "fast_path": fast},
     )
     methods.setup(ctx, device)
 
@@ -145,6 +148,7 @@ def build_trainer(
         methods.target_transform,
         methods.events,
         models.teacher_loader,
+        fast,
     )
     if resume:
         try:
@@ -176,9 +180,12 @@ class Models:
     teacher_loader: Callable[[str, str | None], tuple[nn.Module, dict[str, Any]]]
 
 
-def load_models(cfg: RunConfig, mode: str, num_classes: int, device: torch.device) -> Models:
+def load_models(
+    cfg: RunConfig, mode: str, num_classes: int, device: torch.device, channels_last: bool
+) -> Models:
     """The student (created, optionally initialised from a checkpoint or the teacher) and, to distil, the
-    teacher; `teacher_loader` is what `switch_teacher` uses later."""
+    teacher; `teacher_loader` is what `switch_teacher` uses later. `channels_last` is the resolved memory
+    format (the fast path's, not the recipe's possibly `auto` value)."""
     if not cfg.student.name:
         raise ConfigError("no model to train: set student.name (or model.name) in the recipe")
     student = create(cfg.student.name, num_classes, **cfg.student.kwargs)
@@ -188,7 +195,7 @@ def load_models(cfg: RunConfig, mode: str, num_classes: int, device: torch.devic
     def teacher_loader(checkpoint: str, name: str | None) -> tuple[nn.Module, dict[str, Any]]:
         kwargs = cfg.teacher.kwargs if checkpoint == cfg.teacher.checkpoint else None
         model, source = load_model(checkpoint, num_classes, name, kwargs)
-        return freeze_teacher(model, device, cfg.engine.channels_last), source
+        return freeze_teacher(model, device, channels_last), source
 
     teacher, teacher_source = None, None
     if mode == "distill":
@@ -201,7 +208,7 @@ def load_models(cfg: RunConfig, mode: str, num_classes: int, device: torch.devic
             _init_from(student, teacher)
 
     student = student.to(device)
-    if cfg.engine.channels_last:
+    if channels_last:
         student = student.to(memory_format=torch.channels_last)
     return Models(student, teacher, teacher_source, teacher_loader)
 

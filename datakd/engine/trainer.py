@@ -30,6 +30,7 @@ from datakd.data.eval_loader import EvalLoader
 from datakd.data.loaders import Batch, Normalizer
 from datakd.engine.ddp import average_gradient_list, average_gradients, synchronise_batchnorm
 from datakd.engine.evaluate import evaluate
+from datakd.engine.fastpath import CompiledForward, FastPath, unwrap
 from datakd.engine.metrics import EpochMeters, MetricsCSV, TensorBoardLog, write_json
 from datakd.engine.optim import LRSchedule, build_optimizer, merge_section
 from datakd.engine.preemption import Preempted, StopSignals
@@ -63,6 +64,7 @@ class Trainer:
         target_transform: TargetTransform | None,
         events: list[StageEvent],
         teacher_loader: Callable[[str, str | None], tuple[nn.Module, dict[str, Any]]],
+        fast_path: FastPath | None = None,
     ) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
@@ -74,7 +76,8 @@ class Trainer:
         self.normalizer = normalizer
         self.student_module = student  # the unwrapped model whose state_dict is saved
         self.student = student  # what forward passes use (DDP- and/or compile-wrapped)
-        self.teacher = teacher
+        self.fast_path = fast_path or FastPath(False, False, "not given")
+        self.teacher = self._compile_teacher(teacher)
         self.teacher_source = teacher_source
         self.terms = nn.ModuleList(terms)
         self.augmenter = augmenter
@@ -129,9 +132,21 @@ class Trainer:
                 synchronise_batchnorm(model, self.device)
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        if self.cfg.engine.compile:
-            model = torch.compile(model)
+        if self.fast_path.compile:
+            model = CompiledForward(model, self.cfg.data.batch_size // self.world_size, grad=True)
         self.student = model
+
+    def _compile_teacher(self, teacher: nn.Module | None) -> nn.Module | None:
+        """The teacher's forward (no grad, eval mode) compiled too when the fast path compiles."""
+        if teacher is None or not self.fast_path.compile:
+            return teacher
+        return CompiledForward(teacher, self.cfg.data.batch_size // D.world_size(), grad=False)
+
+    def compile_seconds(self) -> float | None:
+        """Wall time of the first compiled calls (student forward+backward graphs, teacher forward)."""
+        times = [m.compile_seconds for m in (self.student, self.teacher) if isinstance(m, CompiledForward)]
+        times = [t for t in times if t is not None]
+        return sum(times) if times else None
 
     def extra_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters outside the student (connectors, augmenter); averaged across ranks by hand."""
@@ -186,7 +201,8 @@ class Trainer:
                     "until_epoch": self.epoch,
                 }
             )
-        self.teacher, self.teacher_source = self._teacher_loader(checkpoint, name)
+        teacher, self.teacher_source = self._teacher_loader(checkpoint, name)
+        self.teacher = self._compile_teacher(teacher)
         self.teacher_metrics = None  # evaluated at the start of the next epoch
 
     def rebuild_optimizer(self, optim: dict[str, Any], schedule: dict[str, Any], start_epoch: int) -> None:
@@ -365,7 +381,7 @@ class Trainer:
         if self.teacher is None or self.teacher_metrics is not None:
             return
         self.teacher_metrics = evaluate(
-            self.teacher,
+            unwrap(self.teacher),
             self.eval_loader,
             self.autocast,
             D.all_reduce_sum,
@@ -568,6 +584,10 @@ class Trainer:
             "wall_seconds": self.wall_seconds,
             "device": str(self.device),
             "world_size": self.world_size,
+            "channels_last": self.fast_path.channels_last,
+            "compile": self.fast_path.compile,
+            "fast_path": self.fast_path.reason,
+            "compile_seconds": self.compile_seconds(),
             "device_hours": self.wall_seconds * devices / 3600.0,
             "student_params": sum(p.numel() for p in self.student_module.parameters()),
             "extra_params": sum(p.numel() for p in self.terms.parameters())

@@ -119,5 +119,7 @@ def create(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 
 def model_taps(model: nn.Module) -> dict[str, str]:
     """Named taps of a model built by `create` (empty for foreign models)."""
-    inner = getattr(model, "module", model)  # DDP / DataParallel wrappers
+    inner = model
+    for _ in range(2):  # DDP / DataParallel, and the fast path's CompiledForward around either
+        inner = getattr(inner, "module", inner)
     return dict(getattr(inner, "datakd_taps", {}))

@@ -68,7 +68,8 @@ class TeacherReplacement(SubsetTransform):
                 "target_transform.checkpoint (and target_transform.model if the file does not name it)"
             )
         config = ctx.extra.get("config")
-        channels_last = bool(config is not None and config.engine.channels_last)
+        fast = ctx.extra.get("fast_path")
+        channels_last = bool(fast is not None and fast.channels_last)
         model, _ = load_model(self.checkpoint, ctx.num_classes, self.model, self.model_kwargs)
         self._second = (freeze_teacher(model, ctx.device, channels_last),)
         self._amp = bool(config is not None and config.engine.amp and ctx.device.type == "cuda")
