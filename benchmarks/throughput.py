@@ -157,7 +157,7 @@ def trainer_stepper(
             "tensorboard": False,
             "nan_guard": False,
             "amp": fast and device.type == "cuda",
-            "channels_last": fast,
+            "channels_last": fast and device.type == "cuda",  # what `auto` picks (CPU: off, imprecise)
             "compile": fast if compile is None else compile,
         },
     }
@@ -197,7 +197,7 @@ def bound_stepper(
     student = create(args.student, num_classes).to(device).train()
     x = torch.randn(args.batch_size, 3, 32, 32, device=device)
     y = torch.randint(0, num_classes, (args.batch_size,), device=device)
-    if fast:
+    if fast and device.type == "cuda":  # channels_last as `auto` uses it: CUDA only
         teacher = teacher.to(memory_format=torch.channels_last)
         student = student.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)

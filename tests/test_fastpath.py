@@ -6,6 +6,7 @@ smallest zoo model (ResNet-8, 28×28 grayscale) and one module-scoped set of run
 
 from __future__ import annotations
 
+import copy
 import csv
 from pathlib import Path
 
@@ -25,13 +26,39 @@ CPU = torch.device("cpu")
 
 def test_auto_compiles_only_long_runs_and_rejects_bad_values() -> None:
     short = resolve_fast_path("auto", "auto", CPU, 700)
-    assert short.channels_last and not short.compile and "700 steps" in short.reason
+    assert not short.channels_last and not short.compile and "700 steps" in short.reason
+    assert resolve_fast_path("auto", "auto", torch.device("cuda"), 700).channels_last  # CUDA only
+    assert resolve_fast_path(True, "auto", CPU, 700).channels_last  # explicit true is honoured
     long = resolve_fast_path("auto", "auto", CPU, COMPILE_MIN_STEPS["cpu"])
     assert long.compile == has_cpp_compiler()
     assert not resolve_fast_path("auto", "auto", CPU, 10**6, world_size=2).compile  # gloo DDP stays eager
     assert resolve_fast_path(False, False, CPU, 10**6) == resolve_fast_path(False, False, CPU, 1)
     with pytest.raises(ConfigError, match=r"engine.compile must be true, false or auto, got 'fast'"):
         resolve_fast_path("auto", "fast", CPU, 1)
+
+
+def _relative_grad_errors(memory_format: torch.memory_format) -> dict[str, float]:
+    """Per-parameter max |grad - float64 grad| / max |float64 grad| of one training-mode CE step."""
+    torch.manual_seed(0)
+    model = create("resnet8", 10, in_channels=1).train()
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+
+    def grads(net: torch.nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        torch.nn.functional.cross_entropy(net(images), y).backward()
+        return {n: p.grad.double() for n, p in net.named_parameters()}
+
+    reference = grads(copy.deepcopy(model).double(), x.double())
+    got = grads(
+        copy.deepcopy(model).to(memory_format=memory_format), x.contiguous(memory_format=memory_format)
+    )
+    return {n: float((got[n] - r).abs().max() / r.abs().max()) for n, r in reference.items()}
+
+
+def test_auto_keeps_cpu_gradients_at_float32_precision() -> None:
+    """Why `auto` leaves channels_last off on the CPU: the memory format it picks keeps fp32 gradients."""
+    chosen = resolve_fast_path("auto", "auto", CPU, 700)
+    fmt = torch.channels_last if chosen.channels_last else torch.contiguous_format
+    assert max(_relative_grad_errors(fmt).values()) < 1e-4
 
 
 def test_compiled_forward_uses_the_graph_only_for_its_signature(monkeypatch) -> None:

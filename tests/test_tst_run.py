@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from datakd.augmenters.tst.encoder_file import check_compatible, load_encoders
 from datakd.checkpoint import load_checkpoint
 from datakd.cli import main as cli_main
 from datakd.engine.build import build_trainer
@@ -111,8 +112,12 @@ def test_bad_setups_fail_with_one_line(teacher: Path, encoders: Path, tmp_path: 
     with pytest.raises(DatakdError, match="not found; fit it first with `datakd tst fit"):
         build_trainer(tst_config(tmp_path / "a", teacher, tmp_path / "missing.pt"), "distill")
     gray = tst_config(tmp_path / "b", teacher, encoders, data={"options": {"pad_to_32": True, "rgb": False}})
-    with pytest.raises(DatakdError, match=r"fitted on quickstart \(3 channels"):
+    # 1-channel data: the models (3-channel) are refused first, before any method is set up ...
+    with pytest.raises(DatakdError, match=r"cannot take the 1×32×32 .* images of 'quickstart'"):
         build_trainer(gray, "distill")
+    # ... and the encoders refuse a run whose channels / normalisation differ from the fitted ones
+    with pytest.raises(DatakdError, match=r"fitted on quickstart \(3 channels"):
+        check_compatible(load_encoders(encoders), (0.5,), (0.5,), 1, str(encoders))
     wrong_event = tiny_config(
         tmp_path / "c",
         teacher={"checkpoint": str(teacher)},
