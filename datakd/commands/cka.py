@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from datakd.api.features import FeatureRecorder, stage_taps
 from datakd.commands.base import Command, register_command
-from datakd.config import DataConfig, parse_overrides
-from datakd.data.build import eval_loader, load_dataset, make_normalizer
+from datakd.config import parse_overrides
+from datakd.data.build import analysis_split, eval_loader, make_normalizer
 from datakd.engine.build import resolve_device
 from datakd.errors import DatakdError
 from datakd.metrics import MIN_SAMPLES, MinibatchCKA, gram_linear
@@ -73,21 +73,16 @@ class CKA(Command):
             raise DatakdError(
                 f"--batch-size must be at least {MIN_SAMPLES} (unbiased HSIC), got {args.batch_size}"
             )
-        cfg = DataConfig(
-            dataset=args.dataset,
-            root=args.data_root,
-            eval_batch_size=args.batch_size,
-            options=dict(parse_overrides(args.option)),
-            workers=2,
-            test_subset=args.samples if args.split == "test" else None,
-            train_subset=args.samples if args.split == "train" else None,
-        )
         device = resolve_device(args.device)
-        bundle, _ = load_dataset(cfg, seed=0)
-        if args.split == "train":
-            from dataclasses import replace
-
-            bundle = replace(bundle, test=bundle.train)
+        cfg, bundle = analysis_split(
+            args.dataset,
+            args.data_root,
+            parse_overrides(args.option),
+            args.batch_size,
+            args.split,
+            size=args.samples,
+            seed=0,
+        )
         student, _ = load_model(args.student, bundle.num_classes, args.student_model)
         student = student.to(device).eval()
         teachers = [load_model(path, bundle.num_classes, args.teacher_model)[0].to(device).eval()

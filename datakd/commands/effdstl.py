@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,8 @@ import torch
 
 from datakd.adversarial import PixelBox
 from datakd.commands.base import Command, register_command
-from datakd.config import DataConfig, parse_overrides
-from datakd.data.build import eval_loader, load_dataset, make_normalizer
+from datakd.config import parse_overrides
+from datakd.data.build import analysis_split, eval_loader, make_normalizer
 from datakd.engine.build import resolve_device
 from datakd.errors import DatakdError
 from datakd.models.loading import load_model
@@ -148,19 +148,16 @@ class EffDstl(Command):
                 f"{args.epsilon}"
             )
         subset = Subset(args.subset)  # a bad expression fails here, before any model is loaded
-        cfg = DataConfig(
-            dataset=args.dataset,
-            root=args.data_root,
-            eval_batch_size=args.batch_size,
-            options=dict(parse_overrides(args.option)),
-            workers=2,
-            train_subset=args.pool if args.split == "train" else None,
-            test_subset=args.pool if args.split == "test" else None,
-        )
         device = resolve_device(args.device)
-        bundle, _ = load_dataset(cfg, seed=args.seed)
-        if args.split == "train":
-            bundle = replace(bundle, test=bundle.train)
+        cfg, bundle = analysis_split(
+            args.dataset,
+            args.data_root,
+            parse_overrides(args.option),
+            args.batch_size,
+            args.split,
+            size=args.pool,
+            seed=args.seed,
+        )
         teacher = load_model(args.teacher, bundle.num_classes, args.teacher_model)[0].to(device).eval()
         student = load_model(args.student, bundle.num_classes, args.student_model)[0].to(device).eval()
         networks = {

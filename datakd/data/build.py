@@ -112,3 +112,29 @@ def eval_loader(
         rank,
         world_size,
     )
+
+
+def analysis_split(
+    dataset: str,
+    root: str | None,
+    options: dict,
+    batch_size: int,
+    split: str,
+    size: int | None,
+    seed: int,
+) -> tuple[DataConfig, DatasetBundle]:
+    """The un-augmented images an analysis command reads (`datakd cka`, `datakd effdstl fgsm`): `size` images
+    of the train or test split, served by `eval_loader` as the bundle's test split."""
+    cfg = DataConfig(
+        dataset=dataset,
+        root=root,
+        eval_batch_size=batch_size,
+        options=dict(options),
+        workers=2,
+        train_subset=size if split == "train" else None,
+        test_subset=size if split == "test" else None,
+    )
+    bundle, _ = load_dataset(cfg, seed=seed)
+    if split == "train":
+        bundle = replace(bundle, test=bundle.train)
+    return cfg, bundle
