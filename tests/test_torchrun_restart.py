@@ -31,12 +31,10 @@ def torchrun(recipe: Path, out: Path) -> list[str]:
         "--standalone",
         "--nproc-per-node",
         "2",
-        # One restart is what the kill needs; the second absorbs a restarted gloo mesh that fails to connect
-        # on a loaded machine ("timed out connecting: Connection refused", seen once with the suite running
-        # beside two training jobs). Every restart resumes through --resume auto, so the weights must still
-        # equal the uninterrupted run's.
+        # One restart, the one the kill needs: a restarted gloo mesh that fails to connect (stale peer
+        # addresses from the first attempt, see datakd.api.distributed.restart_safe_store) fails the test.
         "--max-restarts",
-        "2",
+        "1",
         "-m",
         "datakd",
         "train",
@@ -56,11 +54,6 @@ def children(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc to find the worker processes")
-@pytest.mark.skipif(
-    os.environ.get("DATAKD_TORCHRUN_TEST") != "1",
-    reason="flaky, opt in with DATAKD_TORCHRUN_TEST=1: on the loaded 2-core machine the restarted job hung "
-    "(240 s timeout) or its gloo mesh failed to connect in 4 of 8 runs; passing runs ended bit-identical",
-)
 def test_killed_rank_restarts_and_resumes_to_the_same_weights(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path / "unused", engine={"checkpoint_every_iters": 2, "tensorboard": False})
     values = cfg.to_dict()

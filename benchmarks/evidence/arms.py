@@ -100,6 +100,9 @@ ARMS: dict[str, dict[str, Any]] = {
         "events": [{"name": "tst_search", "at": [30, 90], "epochs": 1}],
     },
     "tst_fixed": {"loss": TST_LOSS, "augmenter": TST_AUG},  # Table 5 "learnable: no": f_DE never searched
+    # Diagnostic, not a paper arm: TST's loss weights (w_ce 1, w_kl 0.5) without f_DE, so that "TST > KD"
+    # can be split into what the loss weights do and what the augmentation does.
+    "kd_tstloss": {"loss": TST_LOSS},
     "iikd": {"loss": IIKD},  # "only II-KD", gradient clip as in the released code
     "iikd_pba": {"loss": IIKD, "augmenter": {"name": "pba", "schedule": "{schedule}", "cutout": 0}},
     "wsl": {"loss": WSL},
@@ -160,6 +163,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("pick ≥ TLCutMix", "tlcutmix_pick", "tlcutmix", "001 (TL), Table 3", at_least=True),
     Claim("TST > KD", "tst", "kd", "000 (TST), Table 1"),
     Claim("TST > TST fixed", "tst", "tst_fixed", "000 (TST), Table 5"),
+    Claim("TST fixed > KD at TST's loss", "tst_fixed", "kd_tstloss", "diagnostic: TST's f_DE alone"),
     Claim("searched student schedule > none", "iikd_pba", "iikd", "002 (role-wise KD), Table 1"),
     Claim("WSL→CKM ≥ WSL", "wsl_ckm", "wsl", "003 (EffDstl), Table 4", at_least=True),
     Claim("DPK > KD", "dpk", "kd", "004 (DPK), Table 1"),

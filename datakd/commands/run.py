@@ -26,8 +26,11 @@ class _RunCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         cfg = load_config(args.config, list(args.overrides) + flag_overrides(args))
         D.init_from_env("cuda" if cfg.device.startswith("cuda") else "cpu")
-        trainer = build_trainer(cfg, self.mode, resume=args.resume, overwrite=args.overwrite)
-        summary = trainer.fit()
+        try:
+            trainer = build_trainer(cfg, self.mode, resume=args.resume, overwrite=args.overwrite)
+            summary = trainer.fit()
+        finally:
+            D.shutdown()
         if trainer.is_main:
             keys = ("top1_last", "top1_best", "top5_last", "epochs", "images_per_sec", "wall_seconds")
             print(json.dumps({k: summary[k] for k in keys} | {"run_dir": str(trainer.run_dir)}))
