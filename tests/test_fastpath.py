@@ -13,9 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from datakd.api.context import record
 from datakd.checkpoint import atomic_save, load_checkpoint
 from datakd.engine.build import build_trainer
-from datakd.engine.fastpath import COMPILE_MIN_STEPS, CompiledForward, has_cpp_compiler, resolve_fast_path
+from datakd.engine.fastpath import (
+    COMPILE_MIN_STEPS,
+    CompiledForward,
+    has_cpp_compiler,
+    resolve_fast_path,
+    unwrap,
+)
 from datakd.engine.trainer import Trainer
 from datakd.errors import ConfigError
 from datakd.models import create
@@ -73,6 +80,27 @@ def test_compiled_forward_uses_the_graph_only_for_its_signature(monkeypatch) -> 
     gate(torch.zeros(4, 3))  # same shape with gradients on: eager
     assert calls == [(4, 3), (4, 3)]
     assert gate.weight is model.weight and gate.get_submodule("") is gate
+
+
+def test_feature_taps_are_recorded_under_the_fast_path() -> None:
+    """A graph compiled without hooks, by this model or another of its class, must not swallow taps."""
+    if not has_cpp_compiler():
+        pytest.skip("inductor's CPU backend needs a C++ compiler")
+    torch.manual_seed(0)
+    x = torch.randn(16, 1, 28, 28)
+    first = CompiledForward(create("resnet8", 10, in_channels=1), 16, grad=True)
+    first(x).sum().backward()  # the training signature, compiled without taps
+    assert first.compile_seconds is not None
+    second = CompiledForward(create("resnet8", 10, in_channels=1), 16, grad=True)
+    for gate in (first, second):  # the same model with taps now; a new model whose first call has taps
+        logits, features = record(gate, x, ["stage2"])
+        expected_logits, expected = record(unwrap(gate), x, ["stage2"])
+        torch.testing.assert_close(features["stage2"], expected["stage2"])
+        torch.testing.assert_close(logits, expected_logits)
+    # A hook-free call takes a compiled graph, even one another instance traced, with its own weights
+    third = CompiledForward(create("resnet8", 10, in_channels=1), 16, grad=True)
+    torch.testing.assert_close(third(x), unwrap(third)(x))
+    assert third.compile_seconds is not None
 
 
 @pytest.fixture(scope="module")

@@ -126,7 +126,7 @@ class CompiledForward(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        if args or kwargs or not isinstance(x, torch.Tensor):
+        if args or kwargs or not isinstance(x, torch.Tensor) or has_forward_hooks(self.module):
             return self.module(x, *args, **kwargs)
         signature = self._signature_of(x)
         if signature == self._signature:
@@ -153,6 +153,19 @@ class CompiledForward(nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self._modules["module"], name)
+
+
+def has_forward_hooks(module: nn.Module) -> bool:
+    """True when a forward (pre-)hook would run inside `module`'s forward: feature taps, DoReFa inputs.
+
+    torch.compile does not guard on module hooks (`skip_nnmodule_hook_guards`), so a graph traced without
+    hooks, by this module or by another instance of its class (dynamo shares graphs across instances),
+    is replayed with hooks added later silently ignored: feature taps then record nothing. Such calls
+    therefore run eagerly; hook-free calls, every logit-only method's, keep the compiled graph.
+    """
+    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
 def unwrap(model: nn.Module) -> nn.Module:
