@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import subprocess
@@ -101,3 +102,33 @@ def test_smoke_run_end_to_end(fmnist_root: Path, tmp_path: Path) -> None:
     text = results.read_text()
     assert "| KD > CE (`kd` − `ce`)" in text and "--smoke" in text
     assert figure.stat().st_size > 10_000
+
+
+def _fake_out(path: Path, protocol: dict, rows: list[tuple[str, int, float]], command: str) -> Path:
+    from benchmarks.evidence import report
+
+    report.write_json(
+        {"protocol": protocol, "invocations": [{"command": command, "started": 0.0}]}, path / "meta.json"
+    )
+    for arm, seed, top1 in rows:
+        report.append_row(path / "runs.csv", {"arm": arm, "seed": seed, "top1_last": top1})
+    return path
+
+
+def test_merge_adds_the_other_outs_runs_and_commands_and_refuses_another_protocol(tmp_path: Path) -> None:
+    from benchmarks.evidence import report
+
+    protocol = {"epochs": 40, "train_size": 1000}
+    main = _fake_out(tmp_path / "main", protocol, [("ce", 0, 80.0), ("kd", 0, 81.0)], "run A")
+    other = _fake_out(tmp_path / "other", protocol, [("kd", 0, 99.0), ("ce", 2, 79.0)], "run B")
+    assert "merged 1 runs" in report.merge(main, other)
+    rows = {(r["arm"], int(r["seed"])): float(r["top1_last"]) for r in report.read_rows(main / "runs.csv")}
+    assert rows == {("ce", 0): 80.0, ("kd", 0): 81.0, ("ce", 2): 79.0}  # main's kd seed 0 kept
+    commands = [inv["command"] for inv in json.loads((main / "meta.json").read_text())["invocations"]]
+    assert commands == ["run A", "run B"]
+    report.merge(main, other)  # a second merge adds nothing
+    assert len(report.read_rows(main / "runs.csv")) == 3
+    assert len(json.loads((main / "meta.json").read_text())["invocations"]) == 2
+    stranger = _fake_out(tmp_path / "stranger", {"epochs": 60}, [("ce", 1, 70.0)], "run C")
+    with pytest.raises(SystemExit, match="another protocol"):
+        report.merge(main, stranger)

@@ -57,6 +57,25 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
+def merge(out: Path, other: Path) -> str:
+    """Add `other`'s runs (rows) and invocations to `out`: one RESULTS.md for runs made in parallel.
+
+    The two must share the protocol (same teachers, subset, epochs, evaluation), or pairing by seed means
+    nothing; a run present in both keeps `out`'s row.
+    """
+    meta, other_meta = (json.loads((d / "meta.json").read_text()) for d in (out, other))
+    if meta.get("protocol") != other_meta.get("protocol"):
+        raise SystemExit(f"--merge: {other} ran another protocol than {out}; not merged")
+    have = {(r["arm"], int(r["seed"])) for r in read_rows(out / "runs.csv")}
+    new = [r for r in read_rows(other / "runs.csv") if (r["arm"], int(r["seed"])) not in have]
+    for row in new:
+        append_row(out / "runs.csv", row)
+    known = {inv["command"] for inv in meta["invocations"]}
+    meta["invocations"] += [inv for inv in other_meta["invocations"] if inv["command"] not in known]
+    write_json(meta, out / "meta.json")
+    return f"merged {len(new)} runs of {other} into {out}"
+
+
 def scores(rows: list[dict[str, Any]], key: str = "top1_last") -> dict[str, dict[int, float]]:
     """arm → seed → value."""
     out: dict[str, dict[int, float]] = {}

@@ -366,6 +366,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--figure", default=str(A.HERE / "evidence.png"), help="the PNG written with RESULTS.md")
     p.add_argument("--aggregate-only", action="store_true", help="only write RESULTS.md + PNG from OUT")
     p.add_argument("--smoke", action="store_true", help="300 images, 2 epochs, seed 0, arms ce,kd,tlcutmix")
+    p.add_argument(
+        "--merge",
+        metavar="OTHER_OUT",
+        help="add OTHER_OUT's runs and invocations to --out (same protocol; e.g. arms run in parallel "
+        "with another --out and --work)",
+    )
     return p.parse_args(argv)
 
 
@@ -377,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
         args.epochs, args.teacher_epochs, args.train_size = 2, 1, 300
         args.teacher_size, args.test_size = args.teacher_size or 500, args.test_size or 500
     out = Path(args.out).resolve()
+    if args.merge:
+        print(report.merge(out, Path(args.merge).resolve()))
+        return 0
     if args.aggregate_only:
         report.write(out, Path(args.results), Path(args.figure))
         print(Path(args.results).read_text())
