@@ -78,7 +78,10 @@ def _terminated(experiment: Path) -> int:
 def test_killed_driver_resumes_with_the_same_command(recipe: Path, tmp_path: Path) -> None:
     out = tmp_path / "search"
     command = [sys.executable, "-m", "datakd", "pba", "search", "--role", "teacher", "--config", str(recipe)]
-    command += ["--population", "2", "--epochs", "3", "--train-size", "128", "--val-size", "128"]
+    # 1,024 training images: a member lasts a few seconds even on an idle machine, so the state file
+    # (saved every second) shows the first member finished before the second one is (with 128 images both
+    # could finish inside one save interval, and the driver was killed too late)
+    command += ["--population", "2", "--epochs", "3", "--train-size", "1024", "--val-size", "128"]
     command += ["--num-cpus", "1", "--perturbation-interval", "3", "--quiet", "--out", str(out)]
     # one member at a time: the first finishes while the second has not yet; the experiment state is
     # saved every second so the kill below cannot outrun it
