@@ -95,6 +95,20 @@ def test_smoke_run_end_to_end(fmnist_root: Path, tmp_path: Path) -> None:
         assert row["epochs"] == "2" and row["train_size"] == "300"
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)  # all cached: skips
     assert again.returncode == 0 and "seed 0: top-1" not in again.stdout, again.stdout
+    # Another student test cadence re-uses the teacher: --eval-every is not part of a teacher's hash.
+    protocol = ["--epochs", "2", "--teacher-epochs", "1", "--train-size", "300", "--teacher-size", "500"]
+    other = [*protocol, "--test-size", "500", "--seeds", "0", "--no-adaptive", "--eval-every", "2"]
+    cmd = [sys.executable, script, "--out", str(tmp_path / "ev2"), "--work", str(out / "work"), *other]
+    done = subprocess.run(
+        [*cmd, "--arms", "ce", "--data-root", str(fmnist_root)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and "teacher main (resnet20): cached" in done.stdout, (
+        done.stdout + done.stderr
+    )
     results, figure = tmp_path / "RESULTS.md", tmp_path / "fig.png"
     agg = [*base, "--aggregate-only", "--results", str(results), "--figure", str(figure)]
     done = subprocess.run(agg, env=env, capture_output=True, text=True, timeout=120)

@@ -108,10 +108,13 @@ class Runner:
         report.write_json(self.meta, self.out / "meta.json")
 
     # ------------------------------------------------------------------ setup
-    def _data(self, cfg: dict[str, Any]) -> dict[str, Any]:
+    def _data(self, cfg: dict[str, Any], student: bool = True) -> dict[str, Any]:
+        """The protocol's test-split settings. `--eval-every` is the students' only: in a teacher's recipe it
+        would change the teacher's content hash, and so retrain a cached teacher, for a setting that does
+        not change its weights (a teacher is tested after every epoch; its 60k-image epochs dwarf that)."""
         if self.proto.test_size:
             cfg["data"]["test_subset"] = self.proto.test_size
-        if self.proto.eval_every != 1:
+        if student and self.proto.eval_every != 1:
             cfg["engine"]["eval_every"] = self.proto.eval_every
         return cfg
 
@@ -123,7 +126,8 @@ class Runner:
         for role in roles:
             model = A.TEACHERS[role]
             cfg = self._data(
-                teacher_config(model, self.proto.teacher_epochs, self.data_root, self.proto.device)
+                teacher_config(model, self.proto.teacher_epochs, self.data_root, self.proto.device),
+                student=False,
             )
             if self.proto.teacher_size:
                 cfg["data"]["train_subset"] = self.proto.teacher_size
