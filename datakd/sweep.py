@@ -1,8 +1,9 @@
 """Multi-seed, multi-point experiments: run a recipe over seeds × grid points, aggregate, compare to papers.
 
-A sweep directory holds one run directory per (grid point, seed): ``OUT/<point>/seed<k>``. A run with a
-``summary.json`` is finished and is never re-run or counted twice; a run with only ``last.pt`` is
-resumed. Aggregation reads only the run directories, so a sweep can be killed and restarted at any time.
+A sweep directory holds one run directory per (grid point, seed): ``OUT/<point>/seed<k>``. A run whose
+``summary.json`` says it finished is never re-run or counted twice; a run with only ``last.pt``, or one
+stopped by a preemption signal (its ``summary.json`` says ``"status": "preempted"``), is resumed.
+Aggregation reads only the run directories, so a sweep can be killed and restarted at any time.
 """
 
 from __future__ import annotations
@@ -72,8 +73,26 @@ def plan(out: Path, seeds: list[int], grid: list[tuple[str, list[Any]]]) -> list
     return [SweepRun(p, s, out / point_name(p) / f"seed{s}") for p in points for s in seeds]
 
 
+def run_finished(run_dir: Path) -> bool:
+    """True when the run in `run_dir` trained to its last epoch.
+
+    A run stopped by SIGTERM/SIGUSR1 also writes summary.json (with the epoch it stopped at and
+    `"status": "preempted"`), so the file alone does not mean finished: counting it would report a
+    part-trained model as the result and never resume it. Summaries written before the status field
+    existed were only written by finished runs.
+    """
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return False
+    try:
+        status = json.loads(path.read_text()).get("status", "finished")
+    except (OSError, ValueError):
+        return False
+    return status == "finished"
+
+
 def run_state(run: SweepRun) -> str:
-    if (run.run_dir / "summary.json").is_file():
+    if run_finished(run.run_dir):
         return "done"
     if (run.run_dir / "last.pt").is_file():
         return "partial"
@@ -131,9 +150,8 @@ def aggregate(runs: list[SweepRun]) -> list[dict[str, Any]]:
         group = list(group)
         summaries = {}
         for run in group:
-            path = run.run_dir / "summary.json"
-            if path.is_file():
-                summaries[run.seed] = json.loads(path.read_text())
+            if run_finished(run.run_dir):
+                summaries[run.seed] = json.loads((run.run_dir / "summary.json").read_text())
         row: dict[str, Any] = {
             "point": dict(point),
             "name": point_name(point),

@@ -16,7 +16,16 @@ import pytest
 import yaml
 
 from datakd.report import report_table
-from datakd.sweep import aggregate, parse_grid, plan, point_name, write_results
+from datakd.sweep import (
+    aggregate,
+    command_for,
+    parse_grid,
+    plan,
+    point_name,
+    run_finished,
+    run_state,
+    write_results,
+)
 from tests.helpers import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,6 +69,30 @@ def test_aggregation_mean_sample_std_best_vs_last(tmp_path: Path) -> None:
     assert rows[0]["top1_last"]["std"] == pytest.approx(1.527525, rel=1e-6)
     assert rows[0]["top1_best"]["mean"] == pytest.approx(72.166667, rel=1e-6)
     assert rows[1]["n"] == 1 and rows[1]["top1_last"]["std"] is None and rows[1]["missing_seeds"] == [1, 2]
+
+
+def test_a_preempted_run_is_resumed_not_counted(tmp_path: Path) -> None:
+    """SIGTERM makes a run write summary.json too (status "preempted", at the epoch it stopped): that
+    summary must neither count as a result nor stop the next invocation from resuming the run."""
+    runs = plan(tmp_path, [0, 1, 2], [])
+    fake_run(runs[0].run_dir, 70.0, 71.0)  # an older summary without a status: finished
+    fake_run(runs[1].run_dir, 40.0, 41.0)
+    summary = runs[1].run_dir / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "status": "preempted"}))
+    (runs[1].run_dir / "last.pt").write_bytes(b"checkpoint")
+    fake_run(runs[2].run_dir, 72.0, 72.0)
+    summary = runs[2].run_dir / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "status": "finished"}))
+    assert [run_finished(r.run_dir) for r in runs] == [True, False, True]
+    assert [run_state(r) for r in runs] == ["done", "partial", "done"]
+    assert command_for(runs[1], tmp_path / "r.yaml", "train", [], True)[-3:] == [
+        "--resume",
+        "auto",
+        "--quiet",
+    ]
+    row = aggregate(runs)[0]
+    assert row["seeds"] == [0, 2] and row["missing_seeds"] == [1]
+    assert row["top1_last"]["values"] == [70.0, 72.0]
 
 
 def test_report_lists_paper_rows_and_unrun_recipes(tmp_path: Path) -> None:

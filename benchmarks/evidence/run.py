@@ -47,7 +47,7 @@ from benchmarks.evidence import arms as A  # noqa: E402
 from benchmarks.evidence import report  # noqa: E402
 from benchmarks.evidence.protocol import arm_config, teacher_config  # noqa: E402
 from benchmarks.evidence.stats import INCONCLUSIVE, paired  # noqa: E402
-from datakd.sweep import SweepRun, command_for, plan, run_state  # noqa: E402
+from datakd.sweep import SweepRun, command_for, plan, run_finished, run_state  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fashion-mnist"
 # Rough cost of one run relative to KD (CPU measurements of benchmarks/fmnist): the dearest start first
@@ -133,7 +133,7 @@ class Runner:
                 cfg["data"]["train_subset"] = self.proto.teacher_size
             run_dir = self.work / "teachers" / f"{model}-{content_hash(cfg, self.data_root)}"
             self.teachers[role] = run_dir / "last.pt"
-            if (run_dir / "summary.json").is_file():
+            if run_finished(run_dir):
                 print(f"teacher {role} ({model}): cached at {run_dir}", flush=True)
                 continue
             recipe = write_yaml(cfg, self.out / "recipes" / f"teacher_{role}.yaml")

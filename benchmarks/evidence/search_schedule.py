@@ -35,6 +35,7 @@ from benchmarks.evidence import arms as A  # noqa: E402
 from benchmarks.evidence.protocol import arm_config, base_config, write_yaml  # noqa: E402
 from datakd.data.fashion_mnist import FILES, read_split  # noqa: E402
 from datakd.data.splits import take_subset  # noqa: E402
+from datakd.sweep import run_finished  # noqa: E402
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -87,7 +88,7 @@ def main() -> int:
 
     subset = write_subset_folder(data_root, out, A.TRAIN_SIZE, A.DATA["split_seed"])
     teacher_dir = out / "teacher"
-    if not (teacher_dir / "summary.json").is_file():
+    if not run_finished(teacher_dir):
         cfg = base_config(
             "evidence-search-teacher", A.TEACHERS["main"], args.teacher_epochs, data_root, "cpu"
         )

@@ -30,7 +30,15 @@ sys.path.insert(0, str(HERE.parents[1]))
 
 from benchmarks.common import content_hash, run_logged, write_yaml  # noqa: E402
 from datakd.checkpoint import atomic_write_text  # noqa: E402
-from datakd.sweep import SweepRun, aggregate, command_for, plan, run_state, write_results  # noqa: E402
+from datakd.sweep import (  # noqa: E402
+    SweepRun,
+    aggregate,
+    command_for,
+    plan,
+    run_finished,
+    run_state,
+    write_results,
+)
 
 DEFAULT_DATA = HERE.parents[2] / "shared" / "data" / "fashion-mnist"
 
@@ -212,7 +220,7 @@ def train_teachers(out: Path, data_root: Path, jobs: int, threads: int) -> dict[
         cfg = teacher_config(model, data_root)
         run_dir = out / "teachers" / f"{model}-{content_hash(cfg, data_root)}"
         paths[role] = run_dir / "last.pt"
-        if (run_dir / "summary.json").is_file():
+        if run_finished(run_dir):
             print(f"teacher {role} ({model}): cached at {run_dir}")
             continue
         recipe = write_yaml(cfg, out / "recipes" / f"teacher_{role}.yaml")
