@@ -3,7 +3,8 @@
 The teacher's no-grad forward is about half of a KD step on the CPU. Freezing lets inductor treat the frozen
 teacher's weights as constants (folding batch norm, pre-packing convolution weights); datakd does not use it
 yet, because a graph with constant weights would silently keep stale weights if anything changed them. This
-script measures what it would buy, so the choice rests on a number:
+script measures what it would buy, with and without channels-last memory (each variant's largest logit error
+against a float64 forward beside its speed), so the choice rests on a number:
 
     OMP_NUM_THREADS=1 python benchmarks/teacher_forward.py --model resnet56
 """
@@ -36,6 +37,11 @@ def images_per_sec(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Ten
     return steps * x.shape[0] / (time.perf_counter() - start)
 
 
+def relative_error(logits: torch.Tensor, exact: torch.Tensor) -> float:
+    """Largest logit error relative to the largest float64 logit (the precision price of a variant)."""
+    return float((logits.double() - exact.double()).abs().max() / exact.double().abs().max())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -53,15 +59,27 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         reference = model(x)
     result: dict[str, float | int | str] = {"model": args.model, "threads": torch.get_num_threads()}
+    with torch.no_grad():
+        exact = model.double()(x.double()).float()
+    model.float()
     result["eager_images_per_sec"] = images_per_sec(model, x, args.steps)
-    for name, freezing in (("compiled", False), ("frozen", True)):
-        torch._dynamo.reset()
-        with inductor_config.patch(freezing=freezing):
-            compiled = torch.compile(model, dynamic=False)
-            result[f"{name}_images_per_sec"] = images_per_sec(compiled, x, args.steps)
+    result["eager_max_relative_error"] = relative_error(reference, exact)
+    for memory in ("contiguous", "channels_last"):
+        fmt = torch.channels_last if memory == "channels_last" else torch.contiguous_format
+        model = model.to(memory_format=fmt)
+        xm = x.contiguous(memory_format=fmt)
+        prefix = "" if memory == "contiguous" else "channels_last_"
+        if memory == "channels_last":
+            result["channels_last_eager_images_per_sec"] = images_per_sec(model, xm, args.steps)
             with torch.no_grad():
-                error = (compiled(x) - reference).abs().max() / reference.abs().max()
-        result[f"{name}_max_relative_error"] = float(error)
+                result["channels_last_eager_max_relative_error"] = relative_error(model(xm), exact)
+        for name, freezing in (("compiled", False), ("frozen", True)):
+            torch._dynamo.reset()
+            with inductor_config.patch(freezing=freezing):
+                compiled = torch.compile(model, dynamic=False)
+                result[f"{prefix}{name}_images_per_sec"] = images_per_sec(compiled, xm, args.steps)
+                with torch.no_grad():
+                    result[f"{prefix}{name}_max_relative_error"] = relative_error(compiled(xm), exact)
     print(json.dumps(result))
     return 0
 

@@ -55,6 +55,7 @@ from benchmarks import common
 from datakd.checkpoint import atomic_save
 from datakd.config import config_from_dict
 from datakd.engine.build import build_trainer
+from datakd.engine.fastpath import resolve_fast_path
 from datakd.events.tst_search import TSTSearch
 from datakd.losses import functional as LF
 from datakd.models import create
@@ -90,6 +91,14 @@ METHODS: dict[str, tuple[str | None, dict]] = {
     ),
     "dpk": (f"{R}/dpk/r56-r20.yaml", {}),
 }
+
+
+def fast_channels_last(args: argparse.Namespace) -> bool:
+    """The fast path's memory format: what `engine.channels_last: auto` picks for a long run on this device,
+    unless --channels-last says otherwise (to time both formats)."""
+    if args.channels_last != "auto":
+        return args.channels_last == "true"
+    return resolve_fast_path("auto", "auto", torch.device(args.device), 10**9).channels_last
 
 
 def data_section(args: argparse.Namespace) -> dict:
@@ -157,8 +166,8 @@ def trainer_stepper(
             "tensorboard": False,
             "nan_guard": False,
             "amp": fast and device.type == "cuda",
-            "channels_last": fast and device.type == "cuda",  # what `auto` picks (CPU: off, imprecise)
-            "compile": fast if compile is None else compile,
+            "channels_last": fast and fast_channels_last(args),
+            "compile": fast and not args.no_compile if compile is None else compile,
         },
     }
     if mode == "distill":
@@ -197,12 +206,12 @@ def bound_stepper(
     student = create(args.student, num_classes).to(device).train()
     x = torch.randn(args.batch_size, 3, 32, 32, device=device)
     y = torch.randint(0, num_classes, (args.batch_size,), device=device)
-    if fast and device.type == "cuda":  # channels_last as `auto` uses it: CUDA only
+    if fast and fast_channels_last(args):
         teacher = teacher.to(memory_format=torch.channels_last)
         student = student.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    do_compile = fast if compile is None else compile
+    do_compile = fast and not args.no_compile if compile is None else compile
     t_fwd, s_fwd = (torch.compile(teacher), torch.compile(student)) if do_compile else (teacher, student)
     amp = fast and device.type == "cuda"
     while True:
@@ -359,6 +368,15 @@ def main() -> None:
     parser.add_argument("--data-root", help="folder with CIFAR (default: embedded data at CIFAR geometry)")
     parser.add_argument("--no-fast", action="store_true", help="skip the fast path (compile/channels_last)")
     parser.add_argument("--no-eager", action="store_true", help="skip the eager trainer")
+    parser.add_argument(
+        "--channels-last",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="the fast path's memory format (default: what engine.channels_last: auto picks)",
+    )
+    parser.add_argument(
+        "--no-compile", action="store_true", help="fast path without torch.compile (channels_last/bf16 only)"
+    )
     parser.add_argument("--markdown", help="also write the table to this file (it always goes to stderr)")
     args = parser.parse_args()
     if args.no_fast and args.no_eager:
@@ -397,6 +415,8 @@ def main() -> None:
             "threads": torch.get_num_threads(),
             "reference_workers": args.workers,
             "torch": torch.__version__,
+            "fast_channels_last": fast_channels_last(args),
+            "fast_compile": not args.no_compile,
         }
 
         def trainer_for(method: str, fast: bool) -> Callable[[], Stepper]:
@@ -415,7 +435,7 @@ def main() -> None:
             result[f"{prefix}compute_bound_images_per_sec"] = timed[f"bound_{mode}"]["images_per_sec"]
         if "eager" in modes and "fast" in modes:
             result["eager_compute_bound_images_per_sec"] = timed["bound_eager"]["images_per_sec"]
-        elif "eager" in modes:
+        else:  # one mode only: the table's eager bound is that mode's bound
             result["eager_compute_bound_images_per_sec"] = result["compute_bound_images_per_sec"]
         rows: dict[str, dict[str, float]] = {
             "kd": method_row(timed.get("kd_fast"), timed.get("kd_eager"), result)

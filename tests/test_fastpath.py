@@ -33,9 +33,10 @@ CPU = torch.device("cpu")
 
 def test_auto_compiles_only_long_runs_and_rejects_bad_values() -> None:
     short = resolve_fast_path("auto", "auto", CPU, 700)
-    assert not short.channels_last and not short.compile and "700 steps" in short.reason
-    assert resolve_fast_path("auto", "auto", torch.device("cuda"), 700).channels_last  # CUDA only
-    assert resolve_fast_path(True, "auto", CPU, 700).channels_last  # explicit true is honoured
+    assert short.channels_last and not short.compile and "700 steps" in short.reason
+    assert resolve_fast_path("auto", "auto", torch.device("cuda"), 700).channels_last
+    assert not resolve_fast_path("auto", "auto", CPU, 700, world_size=2).channels_last  # gloo DDP
+    assert not resolve_fast_path(False, "auto", CPU, 700).channels_last  # explicit false is honoured
     long = resolve_fast_path("auto", "auto", CPU, COMPILE_MIN_STEPS["cpu"])
     assert long.compile == has_cpp_compiler()
     assert not resolve_fast_path("auto", "auto", CPU, 10**6, world_size=2).compile  # gloo DDP stays eager
@@ -44,10 +45,25 @@ def test_auto_compiles_only_long_runs_and_rejects_bad_values() -> None:
         resolve_fast_path("auto", "fast", CPU, 1)
 
 
-def _relative_grad_errors(memory_format: torch.memory_format) -> dict[str, float]:
-    """Per-parameter max |grad - float64 grad| / max |float64 grad| of one training-mode CE step."""
-    torch.manual_seed(0)
+def _smooth_resnet8(seed: int) -> torch.nn.Module:
+    """ResNet-8 with Softplus for ReLU. ReLU's derivative jumps at 0, so when float32 rounding puts a
+    pre-activation on the other side of 0 than float64 does, one element's gradient flips and a whole
+    gradient tensor can move by percents. That happens for *any* float32 kernel: with ReLU and 2 torch
+    threads, seed 2 of this probe gave eager contiguous memory a 5.6 % error (channels-last 5e-6), seed 0
+    the reverse (4 % for channels-last, 4e-6 contiguous). A smooth activation leaves only the kernels' own
+    rounding to measure."""
+    torch.manual_seed(seed)
     model = create("resnet8", 10, in_channels=1).train()
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.ReLU):
+                setattr(module, name, torch.nn.Softplus(beta=2.0))
+    return model
+
+
+def _relative_grad_errors(seed: int, memory_format: torch.memory_format) -> dict[str, float]:
+    """Per-parameter max |grad - float64 grad| / max |float64 grad| of one training-mode CE step."""
+    model = _smooth_resnet8(seed)
     x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
 
     def grads(net: torch.nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -61,11 +77,12 @@ def _relative_grad_errors(memory_format: torch.memory_format) -> dict[str, float
     return {n: float((got[n] - r).abs().max() / r.abs().max()) for n, r in reference.items()}
 
 
-def test_auto_keeps_cpu_gradients_at_float32_precision() -> None:
-    """Why `auto` leaves channels_last off on the CPU: the memory format it picks keeps fp32 gradients."""
-    chosen = resolve_fast_path("auto", "auto", CPU, 700)
-    fmt = torch.channels_last if chosen.channels_last else torch.contiguous_format
-    assert max(_relative_grad_errors(fmt).values()) < 1e-4
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_cpu_gradients_are_float32_precise_in_either_memory_format(memory_format) -> None:
+    """Both formats `auto` may pick on the CPU give float32-precise training gradients (several seeds)."""
+    for seed in range(3):
+        errors = _relative_grad_errors(seed, memory_format)
+        assert max(errors.values()) < 1e-4, (seed, max(errors.items(), key=lambda kv: kv[1]))
 
 
 def test_compiled_forward_uses_the_graph_only_for_its_signature(monkeypatch) -> None:

@@ -3,7 +3,8 @@
 `engine.channels_last` and `engine.compile` take true, false or `auto` (the default). `auto` switches on
 what is faster for the device *and* the run's length, because compile time is paid once per process:
 
-* channels_last: on everywhere (no start-up cost; faster convolutions on CUDA and with oneDNN on the CPU);
+* channels_last: on (no start-up cost; faster convolutions on CUDA and with oneDNN on the CPU), except under
+  multi-process CPU training;
 * compile: on when the run has at least `COMPILE_MIN_STEPS[device]` optimizer steps, so that the minutes
   inductor needs (measured in docs/results.md) are repaid by the faster steps; off for short runs (the
   quick start, the tests), under multi-process CPU (gloo) training, and where no C++ compiler exists.
@@ -67,15 +68,16 @@ def resolve_fast_path(
     cl, comp = _setting(channels_last, "channels_last"), _setting(compile, "compile")
     reasons = []
     if cl is None:
-        # On for CUDA only. On the CPU, channels_last gradients of a ResNet-8 in training mode were off the
-        # float64 reference by about 5e-3 (relative, per tensor) against 3e-6 for contiguous memory, and a
-        # 2-process DDP step disagreed with one process by 14 % on a conv weight
-        # (tests/test_ddp_batch_statistics.py, tests/test_fastpath.py::test_cpu_channels_last_precision):
-        # a speed-up is not worth gradients that wrong. Explicit `true` is still honoured.
-        cl = device.type == "cuda"
-        reasons.append(
-            f"channels_last: auto → {'on' if cl else 'off (CPU: imprecise channels_last kernels)'}"
-        )
+        # CUDA: faster convolutions. CPU (oneDNN): the eager KD step 1.15-1.18x faster (benchmarks/
+        # throughput.py --channels-last true --no-compile, docs/results.md) at float32 precision in either
+        # format (tests/test_fastpath.py: a smooth-activation ResNet-8 within 1e-4 of float64). It was
+        # CUDA-only for a while on a misreading: a ReLU pre-activation rounded across 0 flips one gradient
+        # element, which moved a whole tensor by 4 % on one probe seed, and contiguous memory does the same
+        # on another seed. Multi-process CPU (gloo) stays contiguous, like compile: its exact agreement with
+        # one process (tests/test_ddp.py) was established in that format.
+        cl = device.type == "cuda" or (device.type == "cpu" and world_size == 1)
+        why = "" if cl or device.type != "cpu" else " (multi-process CPU training)"
+        reasons.append(f"channels_last: auto → {'on' if cl else 'off'}{why}")
     if device.type not in ("cpu", "cuda"):
         if comp:
             raise ConfigError(f"engine.compile=true is supported on cpu and cuda, not {device.type!r}")
