@@ -54,6 +54,10 @@ def arm_config(
     role = spec.pop("teacher_role", "main")
     values = base_config(f"evidence-{arm}", A.STUDENT, epochs, data_root, device)
     values["data"]["train_subset"] = train_size
+    if device == "cpu":
+        # Contiguous memory, as `engine.channels_last: auto` meant on the CPU when runs 2 and 3 were made
+        # (it turned channels-last on for the CPU afterwards): later CPU runs stay comparable with them.
+        values["engine"]["channels_last"] = False
     if arm != "ce":
         checkpoint = teachers.get(role)
         values["teacher"] = {
