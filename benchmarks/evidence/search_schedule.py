@@ -73,6 +73,12 @@ def main() -> int:
     )
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--out", default="runs/evidence-search")
+    parser.add_argument("--train-size", type=int, default=A.TRAIN_SIZE, help="the student subset (run.py's)")
+    parser.add_argument(
+        "--teacher-checkpoint",
+        default=None,
+        help="an existing teacher (e.g. run.py's cached full-data one) instead of training a CPU teacher",
+    )
     parser.add_argument("--teacher-images", type=int, default=3000, help="CPU teacher's training slice")
     parser.add_argument("--teacher-epochs", type=int, default=3)
     parser.add_argument("--population", type=int, default=4)
@@ -86,7 +92,31 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
-    subset = write_subset_folder(data_root, out, A.TRAIN_SIZE, A.DATA["split_seed"])
+    subset = write_subset_folder(data_root, out, args.train_size, A.DATA["split_seed"])
+    teacher_checkpoint = train_cpu_teacher(args, data_root, out, started)
+    student = arm_config(
+        "iikd", A.scaled_arms(A.EPOCHS)["iikd"], A.EPOCHS, subset, "cpu", {}, out, train_size=args.train_size
+    )
+    student["teacher"]["checkpoint"] = str(teacher_checkpoint)
+    recipe = write_yaml(student, out / "student.yaml")
+    search = out / "search"
+    cmd = [
+        sys.executable, "-m", "datakd", "pba", "search", "--role", "student", "--config", str(recipe),
+        "--data-root", str(subset), "--population", str(args.population), "--epochs", str(args.epochs),
+        "--train-size", str(args.train_size - args.val_size), "--val-size", str(args.val_size),
+        "--perturbation-interval", str(args.perturbation_interval), "--synch",
+        "--num-cpus", str(args.num_cpus), "--device", "cpu", "--out", str(search), "--quiet",
+    ]  # fmt: skip
+    run(cmd, out / "search.log")
+    shutil.copy(search / "schedule.json", args.schedule)
+    print(f"schedule → {args.schedule}; {time.time() - started:.0f} s in all", flush=True)
+    return 0
+
+
+def train_cpu_teacher(args: argparse.Namespace, data_root: Path, out: Path, started: float) -> Path:
+    """The search's teacher: the given checkpoint, or a ResNet-20 trained here on a slice of the split."""
+    if args.teacher_checkpoint:
+        return Path(args.teacher_checkpoint).resolve()
     teacher_dir = out / "teacher"
     if not run_finished(teacher_dir):
         cfg = base_config(
@@ -113,21 +143,7 @@ def main() -> int:
     teacher = json.loads((teacher_dir / "summary.json").read_text())
     print(f"search teacher: top-1 {teacher['top1_last']:.2f} after {time.time() - started:.0f} s", flush=True)
 
-    student = arm_config("iikd", A.scaled_arms(A.EPOCHS)["iikd"], A.EPOCHS, subset, "cpu", {}, out)
-    student["teacher"]["checkpoint"] = str(teacher_dir / "last.pt")
-    recipe = write_yaml(student, out / "student.yaml")
-    search = out / "search"
-    cmd = [
-        sys.executable, "-m", "datakd", "pba", "search", "--role", "student", "--config", str(recipe),
-        "--data-root", str(subset), "--population", str(args.population), "--epochs", str(args.epochs),
-        "--train-size", str(A.TRAIN_SIZE - args.val_size), "--val-size", str(args.val_size),
-        "--perturbation-interval", str(args.perturbation_interval), "--synch",
-        "--num-cpus", str(args.num_cpus), "--device", "cpu", "--out", str(search), "--quiet",
-    ]  # fmt: skip
-    run(cmd, out / "search.log")
-    shutil.copy(search / "schedule.json", args.schedule)
-    print(f"schedule → {args.schedule}; {time.time() - started:.0f} s in all", flush=True)
-    return 0
+    return teacher_dir / "last.pt"
 
 
 if __name__ == "__main__":
