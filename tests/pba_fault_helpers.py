@@ -5,6 +5,7 @@ It lives in an importable module (not the test file) because Ray worker processe
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -32,3 +33,33 @@ class CrashOnceTrial(PBATrial):
                 os.close(fd)
                 os._exit(1)
         return super().step()
+
+
+class RankedTrial(PBATrial):
+    """A member that trains nothing: its reward is fixed by its trial number (trial 0 best), so PBT's
+    exploits are known in advance. Each step takes a moment, so Ray checkpoints as in a real search."""
+
+    def _build(self, config: dict[str, Any]) -> None:
+        self.policy = list(config["policy"])
+        self.epochs_done = 0
+        self.history: list[list[int]] = []
+
+    def step(self) -> dict[str, Any]:
+        self.epochs_done += 1
+        self.history.append(list(self.policy))
+        result: dict[str, Any] = {
+            "val_acc": 100.0 - int(self.trial_id.rsplit("_", 1)[1]),
+            "epoch": self.epochs_done,
+        }
+        if self.epochs_done >= self.spec.epochs:
+            result["schedule"] = json.dumps(self.history)
+            result["done"] = True
+        return result
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        state = {"epochs_done": self.epochs_done, "history": self.history}
+        (Path(checkpoint_dir) / "state.json").write_text(json.dumps(state))
+
+    def load_checkpoint(self, checkpoint_dir: str) -> None:
+        state = json.loads((Path(checkpoint_dir) / "state.json").read_text())
+        self.epochs_done, self.history = state["epochs_done"], state["history"]

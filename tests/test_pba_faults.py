@@ -15,7 +15,7 @@ import pytest
 
 from datakd.config import load_config
 from datakd.pba.search import prepare_spec, run_search
-from tests.pba_fault_helpers import CRASH_DIR, CrashOnceTrial
+from tests.pba_fault_helpers import CRASH_DIR, CrashOnceTrial, RankedTrial
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = """
@@ -110,3 +110,25 @@ def test_killed_driver_resumes_with_the_same_command(recipe: Path, tmp_path: Pat
     assert len(members) == 2  # the same two trials, restored (a fresh search would have added two)
     # the finished member was kept as it was, not trained again
     assert (experiment / done_before[0] / "result.json").read_text() == results_before[done_before[0]]
+
+
+def test_exploited_checkpoint_outlives_the_donors_next_interval(recipe: Path, tmp_path: Path) -> None:
+    # Synchronous PBT with more members than slots: after the exploit at epoch 5, the best member (trial 0)
+    # runs its next five epochs before the worst one (trial 3) restores trial 0's epoch-5 checkpoint. With
+    # Ray keeping only the newest 4 checkpoints per member, that checkpoint was gone by then and trial 3
+    # failed ("does not exist on storage anymore"), leaving a smaller population without a word.
+    spec = prepare_spec(load_config(recipe), "teacher", epochs=10, train_size=128, val_size=128)
+    summary = run_search(
+        spec,
+        tmp_path / "search",
+        population=4,
+        perturbation_interval=5,
+        num_cpus=1,
+        synch=True,
+        quiet=True,
+        trainable_class=RankedTrial,
+    )
+    assert summary["errored"] == []
+    assert len(summary["members"]) == 4
+    rewards = sorted(m["val_acc"] for m in summary["members"])
+    assert rewards[-1] == 100.0  # trial 0, the donor, is the best member

@@ -127,6 +127,17 @@ def concurrency_warning(
     )
 
 
+def checkpoints_to_keep(perturbation_interval: int, synch: bool) -> int | None:
+    """How many checkpoints Ray keeps per member (None: all), so that an exploited one still exists.
+
+    A member that exploits restores the donor's checkpoint from the last perturbation, possibly after the
+    donor trained on (more members than slots). In synchronous PBT the donor stops at the next
+    perturbation until every member got there, so it writes at most one interval of epoch checkpoints (plus
+    PBT's and the pause's own saves) before the copy is read: keeping two intervals' worth is enough.
+    Asynchronous PBT bounds nothing, so every checkpoint is kept (disk: members × epochs × one state)."""
+    return 2 * perturbation_interval + 2 if synch else None
+
+
 def _trial_id(result: Any) -> str:
     return str(result.metrics.get("trial_id", Path(str(result.path)).name))
 
@@ -211,7 +222,9 @@ def run_search(
                     storage_path=str(out / "ray"),
                     stop={"training_iteration": spec.epochs},
                     # every epoch: a crashed member or a restored search loses at most one epoch per member
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=4, checkpoint_frequency=1),
+                    checkpoint_config=tune.CheckpointConfig(
+                        num_to_keep=checkpoints_to_keep(perturbation_interval, synch), checkpoint_frequency=1
+                    ),
                     failure_config=tune.FailureConfig(max_failures=max_failures),
                     verbose=0 if quiet else 1,
                 ),
@@ -225,6 +238,13 @@ def run_search(
         errors = [str(r.error) for r in results if r.error is not None]
         raise DatakdError(f"no PBA search member finished; first error: {errors[0] if errors else 'unknown'}")
     best = max(finished, key=lambda r: r.metrics[REWARD])
+    errored = sorted(_trial_id(r) for r in results if r.error is not None)
+    if errored:  # a smaller population than asked for searched less; say so rather than hide it
+        print(
+            f"datakd pba search: warning: {len(errored)} of {population} members failed and were dropped: "
+            f"{', '.join(errored)} (their errors: {out / 'ray' / 'search'})",
+            file=sys.stderr,
+        )
     summary = {
         "role": "teacher" if spec.mode == "train" else "student",
         "population": population,
@@ -236,6 +256,7 @@ def run_search(
         "seed": seed,
         "synch": synch,
         "best": {"trial": _trial_id(best), REWARD: best.metrics[REWARD], "path": str(best.path)},
+        "errored": errored,
         "members": sorted(
             (
                 {"trial": _trial_id(r), REWARD: r.metrics.get(REWARD), "policy": r.config["policy"]}
