@@ -17,6 +17,9 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 # The student PBA schedule `search_schedule.py` found on the 2,000-image subset (committed; see README.md).
 SCHEDULE_FILE = HERE / "iikd_student_schedule.json"
+# Run 5's diagnostic: a searched lineage that carries PBA operations, for when the search picks the empty
+# schedule (README.md "Run 5"); a fixed file, so the arm means the same schedule in every run.
+OPS_SCHEDULE_FILE = HERE / "iikd_student_schedule_500img_ops.json"
 
 RECIPE_EPOCHS = 240  # the CIFAR recipes' length, the base of every epoch fraction below
 EPOCHS = 60
@@ -108,6 +111,11 @@ ARMS: dict[str, dict[str, Any]] = {
     "kd_tstloss": {"loss": TST_LOSS},
     "iikd": {"loss": IIKD},  # "only II-KD", gradient clip as in the released code
     "iikd_pba": {"loss": IIKD, "augmenter": {"name": "pba", "schedule": "{schedule}", "cutout": 0}},
+    # Diagnostic, not a paper arm: does what the search explored (its best member that holds operations) help?
+    "iikd_pba_ops": {
+        "loss": IIKD,
+        "augmenter": {"name": "pba", "schedule": str(OPS_SCHEDULE_FILE), "cutout": 0},
+    },
     "wsl": {"loss": WSL},
     # EffDstl: WSL from a weaker teacher, then at 192/240 the main teacher with CKM targets, a fresh SGD.
     "wsl_ckm": {
@@ -168,6 +176,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("TST > TST fixed", "tst", "tst_fixed", "000 (TST), Table 5"),
     Claim("TST fixed > KD at TST's loss", "tst_fixed", "kd_tstloss", "diagnostic: TST's f_DE alone"),
     Claim("searched student schedule > none", "iikd_pba", "iikd", "002 (role-wise KD), Table 1"),
+    Claim("searched ops > none", "iikd_pba_ops", "iikd", "diagnostic: PBA operations the search explored"),
     Claim("WSL→CKM ≥ WSL", "wsl_ckm", "wsl", "003 (EffDstl), Table 4", at_least=True),
     Claim("DPK > KD", "dpk", "kd", "004 (DPK), Table 1"),
     Claim("DPK (CKA π) > DPK (fixed π)", "dpk", "dpk_fixed", "004 (DPK), Table 6"),

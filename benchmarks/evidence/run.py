@@ -52,7 +52,16 @@ from datakd.sweep import SweepRun, command_for, plan, run_finished, run_state  #
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fashion-mnist"
 # Rough cost of one run relative to KD (CPU measurements of benchmarks/fmnist): the dearest start first
 # in each wave so the slowest runs do not trail at the end.
-COST = {"tlcutmix_pick": 3, "dpk": 3, "dpk_fixed": 3, "tst": 3, "tst_fixed": 2.5, "iikd": 2, "iikd_pba": 2}
+COST = {
+    "tlcutmix_pick": 3,
+    "dpk": 3,
+    "dpk_fixed": 3,
+    "tst": 3,
+    "tst_fixed": 2.5,
+    "iikd": 2,
+    "iikd_pba": 2,
+    "iikd_pba_ops": 2,
+}
 
 
 @dataclass(frozen=True)

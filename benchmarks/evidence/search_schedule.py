@@ -11,7 +11,8 @@ full-data teacher. The result is copied to ``benchmarks/evidence/iikd_student_sc
         --data-root ../shared/data/fashion-mnist --out runs/evidence-search
 
 The defaults (population 4, 6 epochs per member) are sized to finish on a shared 2-core CPU; README.md says
-what that search found and cost.
+what that search found and cost. Run 5 searched run 3's regime instead, on its 500-image subset with the
+cached full-data teacher (``--train-size 500 --val-size 100 --teacher-checkpoint ...``; README.md "Run 5").
 """
 
 from __future__ import annotations
