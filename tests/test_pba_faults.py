@@ -41,20 +41,36 @@ def recipe(tmp_path: Path) -> Path:
     return path
 
 
+def _search(
+    recipe: Path,
+    tmp_path: Path,
+    trial: type,
+    *,
+    epochs: int,
+    population: int,
+    interval: int,
+    slots: int,
+    synch: bool = False,
+) -> dict:
+    """A quiet teacher-role search of `trial` members on 128 + 128 images, in tmp_path/search."""
+    spec = prepare_spec(load_config(recipe), "teacher", epochs=epochs, train_size=128, val_size=128)
+    return run_search(
+        spec,
+        tmp_path / "search",
+        population=population,
+        perturbation_interval=interval,
+        num_cpus=slots,
+        synch=synch,
+        quiet=True,
+        trainable_class=trial,
+    )
+
+
 def test_crashed_member_is_retried_from_its_last_checkpoint(recipe: Path, tmp_path: Path, monkeypatch):
     crash = tmp_path / "crash"
     crash.mkdir()
     monkeypatch.setenv(CRASH_DIR, str(crash))  # inherited by the local Ray workers
-    spec = prepare_spec(load_config(recipe), "teacher", epochs=3, train_size=128, val_size=128)
-    summary = run_search(
-        spec,
-        tmp_path / "search",
-        population=2,
-        perturbation_interval=3,
-        num_cpus=2,
-        quiet=True,
-        trainable_class=CrashOnceTrial,
-    )
+    summary = _search(recipe, tmp_path, CrashOnceTrial, epochs=3, population=2, interval=3, slots=2)
     crashed = (crash / "crashed").read_text()
     members = {m["trial"]: m for m in summary["members"]}
     assert crashed in members and all(m["val_acc"] is not None for m in members.values())
@@ -117,17 +133,7 @@ def test_exploited_checkpoint_outlives_the_donors_next_interval(recipe: Path, tm
     # runs its next five epochs before the worst one (trial 3) restores trial 0's epoch-5 checkpoint. With
     # Ray keeping only the newest 4 checkpoints per member, that checkpoint was gone by then and trial 3
     # failed ("does not exist on storage anymore"), leaving a smaller population without a word.
-    spec = prepare_spec(load_config(recipe), "teacher", epochs=10, train_size=128, val_size=128)
-    summary = run_search(
-        spec,
-        tmp_path / "search",
-        population=4,
-        perturbation_interval=5,
-        num_cpus=1,
-        synch=True,
-        quiet=True,
-        trainable_class=RankedTrial,
-    )
+    summary = _search(recipe, tmp_path, RankedTrial, epochs=10, population=4, interval=5, slots=1, synch=True)
     assert summary["errored"] == []
     assert len(summary["members"]) == 4
     rewards = sorted(m["val_acc"] for m in summary["members"])
