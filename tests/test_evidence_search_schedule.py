@@ -11,7 +11,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.evidence.search_schedule import train_cpu_teacher, write_subset_folder  # noqa: E402
+from benchmarks.evidence.search_schedule import search_teacher, write_subset_folder  # noqa: E402
 from datakd.data.fashion_mnist import read_split  # noqa: E402
 from datakd.data.splits import take_subset  # noqa: E402
 
@@ -40,5 +40,5 @@ def test_subset_folder_is_written_once(idx_root: Path, tmp_path: Path) -> None:
 def test_a_given_teacher_checkpoint_is_used_without_training(tmp_path: Path) -> None:
     checkpoint = tmp_path / "teacher" / "last.pt"
     args = argparse.Namespace(teacher_checkpoint=str(checkpoint))
-    assert train_cpu_teacher(args, tmp_path, tmp_path / "out", 0.0) == checkpoint.resolve()
+    assert search_teacher(args, tmp_path, tmp_path / "out", 0.0) == checkpoint.resolve()
     assert not (tmp_path / "out").exists()  # nothing trained, nothing written

@@ -94,7 +94,7 @@ def main() -> int:
     started = time.time()
 
     subset = write_subset_folder(data_root, out, args.train_size, A.DATA["split_seed"])
-    teacher_checkpoint = train_cpu_teacher(args, data_root, out, started)
+    teacher_checkpoint = search_teacher(args, data_root, out, started)
     student = arm_config(
         "iikd", A.scaled_arms(A.EPOCHS)["iikd"], A.EPOCHS, subset, "cpu", {}, out, train_size=args.train_size
     )
@@ -114,7 +114,7 @@ def main() -> int:
     return 0
 
 
-def train_cpu_teacher(args: argparse.Namespace, data_root: Path, out: Path, started: float) -> Path:
+def search_teacher(args: argparse.Namespace, data_root: Path, out: Path, started: float) -> Path:
     """The search's teacher: the given checkpoint, or a ResNet-20 trained here on a slice of the split."""
     if args.teacher_checkpoint:
         return Path(args.teacher_checkpoint).resolve()
