@@ -31,7 +31,6 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -300,7 +299,7 @@ def main() -> None:
             1,
             2,
         )
-        ns = SimpleNamespace(teacher="resnet8", student="resnet8", batch_size=16, workers=0)
+        models = ["--teacher", "resnet8", "--student", "resnet8", "--batch-size", "16", "--workers", "0"]
     else:
         args.steps, args.rounds, args.warmup, args.method_steps, args.method_warmup, args.data_batches = (
             60,
@@ -310,9 +309,10 @@ def main() -> None:
             3,
             60,
         )
-        ns = SimpleNamespace(
-            teacher="resnet56", student="resnet20", batch_size=128, workers=min(8, os.cpu_count() or 1)
-        )
+        models = ["--teacher", "resnet56", "--student", "resnet20", "--batch-size", "128"]
+        models += ["--workers", str(min(8, os.cpu_count() or 1))]
+    # throughput.py's own options with their defaults (channels_last: auto, ...), then this benchmark's.
+    ns = tp.build_parser().parse_args(models)
     ns.device, ns.dataset, ns.data_root = args.device, "cifar100", None
     ns.compile = not args.no_compile
     fast_path = (

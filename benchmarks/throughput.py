@@ -338,7 +338,9 @@ def method_row(fast: dict | None, eager: dict | None, result: dict) -> dict[str,
     return row
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The options, also read by benchmarks/gpu.py: its steppers take this namespace, so a new option here
+    gets its default there instead of an AttributeError on the GPU machine."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -378,6 +380,11 @@ def main() -> None:
         "--no-compile", action="store_true", help="fast path without torch.compile (channels_last/bf16 only)"
     )
     parser.add_argument("--markdown", help="also write the table to this file (it always goes to stderr)")
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     if args.no_fast and args.no_eager:
         parser.error("--no-fast and --no-eager leave nothing to time")
