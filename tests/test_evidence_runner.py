@@ -53,7 +53,8 @@ def test_t_quantiles() -> None:
 def test_epoch_settings_keep_their_fraction_of_training() -> None:
     arms = A.scaled_arms(60)
     assert arms["tst"]["events"][0]["at"] == [8, 22]  # 30/240 and 90/240 of 60
-    assert arms["wsl_ckm"]["events"][0]["at"] == 48 == arms["wsl_ckm"]["events"][1]["at"]  # 192/240
+    for arm in ("wsl_ckm", "wsl_ckm_cheap"):  # one spec, two arms: each scaled once
+        assert arms[arm]["events"][0]["at"] == 48 == arms[arm]["events"][1]["at"]  # 192/240
     assert arms["dkd"]["loss"]["dkd"]["warmup_epochs"] == pytest.approx(5.0)  # 20/240
     short = A.scaled_arms(2)
     assert short["tst"]["events"][0]["at"] == [1] and short["wsl_ckm"]["events"][0]["at"] == 1

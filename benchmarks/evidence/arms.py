@@ -28,7 +28,10 @@ TRAIN_SIZE = 2000
 SEEDS = (0, 1, 2)
 MAX_SEEDS = 8
 
-TEACHERS: dict[str, str] = {"main": "resnet20", "weak": "resnet14"}
+# "weak" is EffDstl's weaker teacher as the protocol first chose it; at these budgets it is as good as the
+# main one (92.54 / 93.92 % against 92.20 / 93.94 %). "cheap" is weak in the paper's sense: a smaller, faster
+# network that is also less accurate (the student's own architecture).
+TEACHERS: dict[str, str] = {"main": "resnet20", "weak": "resnet14", "cheap": "resnet8"}
 STUDENT = "resnet8"
 GRAY = {"in_channels": 1}
 
@@ -83,6 +86,26 @@ DPK = {
     },
 }
 
+WSL_CKM: dict[str, Any] = {
+    "teacher_role": "weak",
+    "loss": {
+        **WSL,
+        "ckm": {"type": "kd", "weight": 0.0, "temperature": 1.0, "scale_tau2": False, "form": "soft_ce"},
+    },
+    "target_transform": {"name": "ckm", "teacher_temperature": 0.7, "smoothing": 0.99},
+    "events": [
+        {
+            "name": "switch_teacher",
+            "at": 192,
+            "checkpoint": "{teacher:main}",
+            "model": TEACHERS["main"],
+            "optim": {"lr": 0.01, "weight_decay": 0.0},
+            "schedule": {"name": "cosine"},
+        },
+        {"name": "set_loss_weights", "at": 192, "weights": {"ce": 0.0, "wsl": 0.0, "ckm": 1.0}},
+    ],
+}
+
 # Each arm on top of the shared student config. Values in "at"/"warmup_epochs" are in RECIPE_EPOCHS units
 # and are rescaled by `scaled_arms`. "teacher_role" picks the teacher (default: main).
 ARMS: dict[str, dict[str, Any]] = {
@@ -118,25 +141,9 @@ ARMS: dict[str, dict[str, Any]] = {
     },
     "wsl": {"loss": WSL},
     # EffDstl: WSL from a weaker teacher, then at 192/240 the main teacher with CKM targets, a fresh SGD.
-    "wsl_ckm": {
-        "teacher_role": "weak",
-        "loss": {
-            **WSL,
-            "ckm": {"type": "kd", "weight": 0.0, "temperature": 1.0, "scale_tau2": False, "form": "soft_ce"},
-        },
-        "target_transform": {"name": "ckm", "teacher_temperature": 0.7, "smoothing": 0.99},
-        "events": [
-            {
-                "name": "switch_teacher",
-                "at": 192,
-                "checkpoint": "{teacher:main}",
-                "model": TEACHERS["main"],
-                "optim": {"lr": 0.01, "weight_decay": 0.0},
-                "schedule": {"name": "cosine"},
-            },
-            {"name": "set_loss_weights", "at": 192, "weights": {"ce": 0.0, "wsl": 0.0, "ckm": 1.0}},
-        ],
-    },
+    "wsl_ckm": WSL_CKM,
+    # The same from the cheap teacher (TEACHERS): the switch the paper is about, from worse to better.
+    "wsl_ckm_cheap": {**WSL_CKM, "teacher_role": "cheap"},
     "dpk": {"loss": DPK},
     "dpk_fixed": {"loss": {**DPK, "dpk": {**DPK["dpk"], "ratio": 0.5}}},  # DPK Table 6: fixed π
     "dist": {
@@ -178,6 +185,13 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("searched student schedule > none", "iikd_pba", "iikd", "002 (role-wise KD), Table 1"),
     Claim("searched ops > none", "iikd_pba_ops", "iikd", "diagnostic: PBA operations the search explored"),
     Claim("WSL→CKM ≥ WSL", "wsl_ckm", "wsl", "003 (EffDstl), Table 4", at_least=True),
+    Claim(
+        "WSL→CKM from a cheap teacher ≥ WSL",
+        "wsl_ckm_cheap",
+        "wsl",
+        "003 (EffDstl), Table 4: a ResNet-8 weak teacher",
+        at_least=True,
+    ),
     Claim("DPK > KD", "dpk", "kd", "004 (DPK), Table 1"),
     Claim("DPK (CKA π) > DPK (fixed π)", "dpk", "dpk_fixed", "004 (DPK), Table 6"),
 )
@@ -190,7 +204,9 @@ def _scale(value: float, epochs: int) -> int:
 
 def scaled_arms(epochs: int) -> dict[str, dict[str, Any]]:
     """ARMS with every epoch-valued setting moved to the same fraction of an `epochs`-long run."""
-    arms = copy.deepcopy(ARMS)
+    # One copy per arm: arms built from one shared spec (wsl_ckm, wsl_ckm_cheap) would otherwise share
+    # their events after a single deepcopy, and be scaled twice.
+    arms = {name: copy.deepcopy(spec) for name, spec in ARMS.items()}
     for spec in arms.values():
         for event in spec.get("events", []):
             at = event["at"]

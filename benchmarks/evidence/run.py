@@ -130,8 +130,7 @@ class Runner:
     def prepare(self, roles: list[str], tst: bool) -> None:
         """Teachers (each once: a finished run with the same content hash, from any machine, is re-used)
         and TST Stage I, all at the same time: none needs another."""
-        todo: list[tuple[str, list[str], int]] = []
-        threads = max(1, self.args.threads * self.args.jobs // (len(roles) + tst))
+        todo: list[tuple[str, list[str]]] = []
         for role in roles:
             model = A.TEACHERS[role]
             cfg = self._data(
@@ -149,15 +148,17 @@ class Runner:
             cmd = [sys.executable, "-m", "datakd", "train", "--config", str(recipe), "--out", str(run_dir)]
             if (run_dir / "last.pt").is_file():
                 cmd.append("--resume")
-            todo.append((f"teacher_{role}", [*cmd, "--quiet"], threads))
+            todo.append((f"teacher_{role}", [*cmd, "--quiet"]))
         if tst:  # datakd caches the encoder file by content hash; a rerun returns at once
             cmd = [sys.executable, "-m", "datakd", "tst", "fit", "--config", str(self.recipe("tst")[0])]
-            todo.append(("tst_fit", [*cmd, "--device", self.proto.device, "--quiet"], threads))
+            todo.append(("tst_fit", [*cmd, "--device", self.proto.device, "--quiet"]))
+        # The run slots' threads, shared by what actually trains (a cached teacher takes none).
+        threads = max(1, self.args.threads * self.args.jobs // max(1, len(todo)))
         t0 = time.perf_counter()
 
-        def one(job: tuple[str, list[str], int]) -> int:
-            name, cmd, n = job
-            code = run_logged(cmd, self.out / "logs" / f"{name}.log", n)
+        def one(job: tuple[str, list[str]]) -> int:
+            name, cmd = job
+            code = run_logged(cmd, self.out / "logs" / f"{name}.log", threads)
             print(
                 f"{name}: {'done' if code == 0 else 'FAILED'} in {time.perf_counter() - t0:.0f} s", flush=True
             )
@@ -165,7 +166,7 @@ class Runner:
 
         with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
             codes = list(pool.map(one, todo))
-        for (name, _, _), code in zip(todo, codes):
+        for (name, _), code in zip(todo, codes):
             if code != 0:
                 raise SystemExit(f"{name} failed; see {self.out / 'logs' / f'{name}.log'}")
         for role in roles:
@@ -301,6 +302,11 @@ class Runner:
                 finished, running = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     future.result()
+
+
+def teacher_roles(arms: list[str]) -> list[str]:
+    """The teachers these arms need: the main one (every switch ends there) and each arm's own."""
+    return ["main", *sorted({A.ARMS[a].get("teacher_role", "main") for a in arms} - {"main"})]
 
 
 def ordered(arms: list[str], seeds: list[int]) -> list[tuple[str, int]]:
@@ -448,9 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
-    runner.prepare(
-        ["main", "weak"] if "wsl_ckm" in arms else ["main"], bool({"tst", "tst_fixed"} & set(arms))
-    )
+    runner.prepare(teacher_roles(arms), bool({"tst", "tst_fixed"} & set(arms)))
     meta["teachers"] = {
         role: json.loads((path.parent / "summary.json").read_text()) for role, path in runner.teachers.items()
     }
