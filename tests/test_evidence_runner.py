@@ -147,3 +147,28 @@ def test_merge_adds_the_other_outs_runs_and_commands_and_refuses_another_protoco
     stranger = _fake_out(tmp_path / "stranger", {"epochs": 60}, [("ce", 1, 70.0)], "run C")
     with pytest.raises(SystemExit, match="another protocol"):
         report.merge(main, stranger)
+
+
+def test_merge_accepts_a_teacher_role_added_later_and_refuses_a_changed_one(tmp_path: Path) -> None:
+    from benchmarks.evidence import report
+
+    before = {"epochs": 150, "teachers": {"main": "resnet20", "weak": "resnet14"}}
+    main = _fake_out(tmp_path / "main", before, [("wsl", 0, 83.0)], "run A")
+    later = {"epochs": 150, "teachers": {"main": "resnet20", "weak": "resnet14", "cheap": "resnet8"}}
+    other = _fake_out(tmp_path / "other", later, [("wsl_ckm_cheap", 0, 83.5)], "run B")
+    for out, roles in ((main, ("main", "weak")), (other, ("main", "cheap"))):
+        meta = json.loads((out / "meta.json").read_text())
+        meta["teachers"] = {role: {"top1_last": 90.0 + i, "from": out.name} for i, role in enumerate(roles)}
+        report.write_json(meta, out / "meta.json")
+    assert "merged 1 runs" in report.merge(main, other)
+    merged = json.loads((main / "meta.json").read_text())
+    assert merged["protocol"]["teachers"] == later["teachers"]
+    assert {role: t["from"] for role, t in merged["teachers"].items()} == {
+        "main": "main",
+        "weak": "main",
+        "cheap": "other",
+    }
+    changed = {"epochs": 150, "teachers": {"main": "resnet32"}}
+    stranger = _fake_out(tmp_path / "stranger", changed, [("kd", 0, 80.0)], "run C")
+    with pytest.raises(SystemExit, match="another protocol"):
+        report.merge(main, stranger)

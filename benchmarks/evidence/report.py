@@ -57,6 +57,17 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
+def same_protocol(a: dict[str, Any], b: dict[str, Any]) -> dict[str, str] | None:
+    """None if `a` and `b` differ; else the union of their teacher roles. A teacher role only one side
+    has (an arm added later, with its own teacher) leaves every shared arm's meaning unchanged; a role
+    both have must name the same model."""
+    ta, tb = a.get("teachers") or {}, b.get("teachers") or {}
+    rest = ({k: v for k, v in p.items() if k != "teachers"} for p in (a, b))
+    if next(rest) != next(rest) or any(ta[r] != tb[r] for r in set(ta) & set(tb)):
+        return None
+    return {**ta, **tb}
+
+
 def merge(out: Path, other: Path) -> str:
     """Add `other`'s runs (rows) and invocations to `out`: one RESULTS.md for runs made in parallel.
 
@@ -64,8 +75,13 @@ def merge(out: Path, other: Path) -> str:
     nothing; a run present in both keeps `out`'s row.
     """
     meta, other_meta = (json.loads((d / "meta.json").read_text()) for d in (out, other))
-    if meta.get("protocol") != other_meta.get("protocol"):
+    teachers = same_protocol(meta.get("protocol") or {}, other_meta.get("protocol") or {})
+    if teachers is None:
         raise SystemExit(f"--merge: {other} ran another protocol than {out}; not merged")
+    if teachers:
+        meta["protocol"]["teachers"] = teachers
+    # The trained teachers' summaries (test top-1) of roles only `other` used.
+    meta["teachers"] = {**other_meta.get("teachers", {}), **meta.get("teachers", {})}
     have = {(r["arm"], int(r["seed"])) for r in read_rows(out / "runs.csv")}
     new = [r for r in read_rows(other / "runs.csv") if (r["arm"], int(r["seed"])) not in have]
     for row in new:
