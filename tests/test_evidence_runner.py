@@ -172,3 +172,15 @@ def test_merge_accepts_a_teacher_role_added_later_and_refuses_a_changed_one(tmp_
     stranger = _fake_out(tmp_path / "stranger", changed, [("kd", 0, 80.0)], "run C")
     with pytest.raises(SystemExit, match="another protocol"):
         report.merge(main, stranger)
+
+
+def test_a_rerun_with_fewer_teachers_keeps_the_earlier_teachers_in_meta(tmp_path: Path) -> None:
+    from benchmarks.evidence.run import record_teachers
+
+    for role, top1 in (("main", 92.2), ("weak", 92.5)):
+        (tmp_path / role).mkdir()
+        (tmp_path / role / "summary.json").write_text(json.dumps({"top1_last": top1}))
+    meta: dict = {}
+    record_teachers(meta, {"main": tmp_path / "main" / "last.pt", "weak": tmp_path / "weak" / "last.pt"})
+    record_teachers(meta, {"main": tmp_path / "main" / "last.pt"})  # a later invocation without wsl_ckm
+    assert meta["teachers"] == {"main": {"top1_last": 92.2}, "weak": {"top1_last": 92.5}}

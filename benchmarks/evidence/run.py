@@ -304,6 +304,14 @@ class Runner:
                     future.result()
 
 
+def record_teachers(meta: dict[str, Any], teachers: dict[str, Path]) -> None:
+    """Each teacher's summary.json into OUT/meta.json. Updated, not replaced: a rerun with fewer arms
+    keeps the teachers that earlier invocations into the same OUT used (RESULTS.md names them all)."""
+    meta.setdefault("teachers", {}).update(
+        {role: json.loads((path.parent / "summary.json").read_text()) for role, path in teachers.items()}
+    )
+
+
 def teacher_roles(arms: list[str]) -> list[str]:
     """The teachers these arms need: the main one (every switch ends there) and each arm's own."""
     return ["main", *sorted({A.ARMS[a].get("teacher_role", "main") for a in arms} - {"main"})]
@@ -455,9 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     runner.prepare(teacher_roles(arms), bool({"tst", "tst_fixed"} & set(arms)))
-    meta["teachers"] = {
-        role: json.loads((path.parent / "summary.json").read_text()) for role, path in runner.teachers.items()
-    }
+    record_teachers(meta, runner.teachers)
     runner.save_meta()
     runner.execute(ordered(arms, seeds), None if args.no_adaptive else (arms, seeds, args.max_seeds))
     runner.save_meta()
