@@ -116,8 +116,18 @@ def test_killed_driver_resumes_with_the_same_command(recipe: Path, tmp_path: Pat
         process.wait()
     finished = [p for p in experiment.iterdir() if (p / "result.json").is_file()]
     results_before = {p.name: (p / "result.json").read_text() for p in finished}
-    resumed = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # Its own session too: on a timeout the whole Ray tree goes, instead of Ray processes left in pytest's
+    # process group (one such leftover once delivered SIGTERM to a later test in this process).
+    resumed = subprocess.Popen(
+        command, env=env, cwd=REPO, stdout=quiet, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        _, stderr = resumed.communicate(timeout=300)
+    finally:
+        if resumed.poll() is None:
+            os.killpg(resumed.pid, signal.SIGKILL)
+            resumed.wait()
+    assert resumed.returncode == 0, stderr[-3000:]
     summary = json.loads((out / "search.json").read_text())
     assert len(summary["members"]) == 2 and all(m["val_acc"] is not None for m in summary["members"])
     done_before = [name for name, text in results_before.items() if '"done": true' in text]
