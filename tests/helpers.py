@@ -4,6 +4,9 @@ crash-and-resume harness and a SetupContext for building methods outside a run."
 from __future__ import annotations
 
 import copy
+import os
+import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +133,16 @@ def setup_context(
         mean=mean,
         std=std,
     )
+
+
+def communicate_or_kill(process: subprocess.Popen, timeout: float) -> str:
+    """Wait for a process started with `start_new_session=True` and return its stderr; whatever happens
+    (a timeout, a failed assertion), its whole process group is gone afterwards, so no leftover (a Ray
+    raylet, a torchrun rank) outlives the test and signals the next one."""
+    try:
+        _, err = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return err

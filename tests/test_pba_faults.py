@@ -15,6 +15,7 @@ import pytest
 
 from datakd.config import load_config
 from datakd.pba.search import prepare_spec, run_search
+from tests.helpers import communicate_or_kill
 from tests.pba_fault_helpers import CRASH_DIR, CrashOnceTrial, RankedTrial
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,12 +122,7 @@ def test_killed_driver_resumes_with_the_same_command(recipe: Path, tmp_path: Pat
     resumed = subprocess.Popen(
         command, env=env, cwd=REPO, stdout=quiet, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
-    try:
-        _, stderr = resumed.communicate(timeout=300)
-    finally:
-        if resumed.poll() is None:
-            os.killpg(resumed.pid, signal.SIGKILL)
-            resumed.wait()
+    stderr = communicate_or_kill(resumed, timeout=300)
     assert resumed.returncode == 0, stderr[-3000:]
     summary = json.loads((out / "search.json").read_text())
     assert len(summary["members"]) == 2 and all(m["val_acc"] is not None for m in summary["members"])
