@@ -59,6 +59,9 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
     # For the student: copy matching weights from the teacher before training (quantised students).
     init_from_teacher: bool = False
+    # For a detector student: copy the teacher's neck (FPN) and head where shapes match (FGD's
+    # init_student); off by default, recorded in config.yaml and summary.json.
+    init_neck_head: bool = False
 
 
 @dataclass
@@ -122,6 +125,8 @@ class EngineConfig:
 @dataclass
 class RunConfig:
     name: str = "run"
+    # classification | detection | segmentation: how batches are collated, models run and evaluated.
+    task: str = "classification"
     seed: int = 0
     device: str = "auto"
     out: str | None = None
@@ -146,7 +151,26 @@ class RunConfig:
         return round(self.epochs * self.schedule.scale)
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        """The resolved config as plain data. Keys added after the recipe digests were frozen
+        (`ADDED_KEYS`) appear only when they differ from their default, so every classification recipe
+        resolves to the same document (tests/test_recipe_digests.py) and loads back identically."""
+        values = _plain(dataclasses.asdict(self))
+        for path, default in ADDED_KEYS:
+            *parents, leaf = path
+            section = values
+            for key in parents:
+                section = section[key]
+            if section.get(leaf) == default:
+                del section[leaf]
+        return values
+
+
+# (key path, default) of the keys that joined RunConfig with the detection/segmentation tasks.
+ADDED_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
+    (("task",), "classification"),
+    (("student", "init_neck_head"), False),
+    (("teacher", "init_neck_head"), False),
+)
 
 
 def _plain(value: Any) -> Any:

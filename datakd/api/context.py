@@ -43,6 +43,8 @@ class View:
     indices: torch.Tensor | None = None
     teacher_logits: torch.Tensor | None = None
     weight: float = 1.0
+    # Detection: one target dict per image (boxes, labels, masks), as the loader yields them.
+    annotations: list[dict[str, torch.Tensor]] | None = None
 
 
 @dataclass
@@ -127,6 +129,11 @@ class TermInputs:
     total_epochs: int
     _soft_targets: Callable[[float], torch.Tensor] | None = None
     _log: Callable[[str, float | torch.Tensor, float], None] | None = None
+    # Dense tasks: what the task's forward returned besides logits and taps (see datakd/engine/tasks.py):
+    # detection "losses" (student), "features" (FPN levels), head outputs, resized "targets", ...;
+    # segmentation "out" and "aux". Empty for classification.
+    student_outputs: dict[str, Any] = field(default_factory=dict)
+    teacher_outputs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def labels(self) -> torch.Tensor | None:

@@ -20,7 +20,7 @@ from datakd.errors import ConfigError, DatakdError, choice_error
 
 
 def main_view(batch: Batch) -> View:
-    return View("main", batch.images, batch.labels, indices=batch.indices)
+    return View("main", batch.images, batch.labels, indices=batch.indices, annotations=batch.annotations)
 
 
 class MixedViewAugmenter(Augmenter):

@@ -30,14 +30,22 @@ AUGMENTS = ("crop_flip", "flip", "none", "imagenet")
 
 @dataclass
 class Batch:
-    """What every loader yields: normalised float images, int64 labels, and dataset indices."""
+    """What every loader yields: images, labels, dataset indices and (dense tasks) annotations.
 
-    images: torch.Tensor
-    labels: torch.Tensor
+    Classification: normalised float images N×C×H×W and int64 labels N. Segmentation: normalised images
+    N×C×H×W and int64 label maps N×H×W (255 = ignore). Detection: `images` is a list of float C×H×W
+    tensors in [0, 1] (the detector normalises and resizes them itself), `labels` is None and
+    `annotations` holds one target dict per image (`boxes` xyxy float, `labels` int64 1..K, optional
+    `masks`, `image_id`), as torchvision's detectors take them.
+    """
+
+    images: torch.Tensor | list[torch.Tensor]
+    labels: torch.Tensor | None
     indices: torch.Tensor
+    annotations: list[dict[str, torch.Tensor]] | None = None
 
     def __len__(self) -> int:
-        return int(self.labels.shape[0])
+        return int(self.indices.shape[0])
 
 
 def derive_seed(*parts: int) -> int:

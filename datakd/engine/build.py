@@ -19,10 +19,11 @@ from datakd.config import RunConfig
 from datakd.data.base import ImageArrays
 from datakd.data.build import eval_loader, load_dataset, make_normalizer, train_loader
 from datakd.data.file_loader import decode
-from datakd.engine.fastpath import resolve_fast_path
+from datakd.engine.fastpath import FastPath, resolve_fast_path
 from datakd.engine.rundir import clear_run, prepare_run_dir
+from datakd.engine.tasks import TASKS, Task, make_task
 from datakd.engine.trainer import Trainer
-from datakd.errors import ConfigError, DatakdError, InertSettingWarning
+from datakd.errors import ConfigError, DatakdError, InertSettingWarning, choice_error
 from datakd.events.base import StageEvent, build_events
 from datakd.losses.base import LossTerm, build_terms, inert_weight_warnings
 from datakd.models import create
@@ -97,20 +98,32 @@ def build_trainer(
     rank, world = D.rank(), D.world_size()
 
     bundle, eval_split = load_dataset(cfg.data, cfg.seed)
+    task = make_task(cfg.task, bundle)
     steps = -(-len(bundle.train) // cfg.data.batch_size) * cfg.total_epochs  # about; all `auto` needs
-    fast = resolve_fast_path(cfg.engine.channels_last, cfg.engine.compile, device, steps, world)
+    fast = _fast_path(cfg, task, device, steps, world)
     normalizer = make_normalizer(bundle, device, fast.channels_last)
     models = load_models(cfg, mode, bundle.num_classes, device, fast.channels_last)
     methods = build_methods(cfg, mode)
 
-    loader = train_loader(
-        cfg.data, bundle, normalizer, device, cfg.seed, methods.augmenter.raw_transform(), rank, world
-    )
-    evaluator = eval_loader(cfg.data, bundle, normalizer, device, rank, world)
-    samples = _sample_images(bundle, normalizer, device, cfg.data.image_size)
-    check_model_input(models.student, samples, "student", cfg.student.name, cfg.data.dataset)
-    if models.teacher is not None and models.teacher_source is not None:
-        check_model_input(models.teacher, samples, "teacher", models.teacher_source["name"], cfg.data.dataset)
+    extra: dict[str, Any] = {}
+    if task.name == "classification":
+        loader = train_loader(
+            cfg.data, bundle, normalizer, device, cfg.seed, methods.augmenter.raw_transform(), rank, world
+        )
+        evaluator = eval_loader(cfg.data, bundle, normalizer, device, rank, world)
+        samples = _sample_images(bundle, normalizer, device, cfg.data.image_size)
+        check_model_input(models.student, samples, "student", cfg.student.name, cfg.data.dataset)
+        if models.teacher is not None and models.teacher_source is not None:
+            check_model_input(
+                models.teacher, samples, "teacher", models.teacher_source["name"], cfg.data.dataset
+            )
+    else:
+        from datakd.data.dense import build_dense_loaders
+
+        loader, evaluator = build_dense_loaders(cfg.data, bundle, device, cfg.seed, rank, world)
+        samples = _dense_samples(evaluator, cfg.data.dataset)
+        if task.name == "detection":
+            extra["dense_shapes"] = _detector_shapes(models, samples)
     ctx = SetupContext(
         student=models.student,
         teacher=models.teacher,
@@ -127,7 +140,7 @@ def build_trainer(
         std=bundle.std,
         seed=cfg.seed,
         run_dir=run_dir,
-        extra={"bundle": bundle, "config": cfg, "fast_path": fast},
+        extra={"bundle": bundle, "config": cfg, "fast_path": fast, "task": task.name, **extra},
     )
     methods.setup(ctx, device)
 
@@ -149,6 +162,7 @@ def build_trainer(
         methods.events,
         models.teacher_loader,
         fast,
+        task,
     )
     if resume:
         try:
@@ -160,6 +174,44 @@ def build_trainer(
     elif fresh_over_old and rank == 0:
         clear_run(run_dir)  # only now that everything built: a bad input leaves the earlier run intact
     return trainer
+
+
+def _fast_path(cfg: RunConfig, task: Task, device: torch.device, steps: int, world: int) -> FastPath:
+    """Classification's fast path; dense tasks train eagerly in contiguous memory (torchvision's detectors
+    run through their components and take lists of images of any size: neither compile nor channels-last
+    has been measured to help there)."""
+    if task.name == "classification":
+        return resolve_fast_path(cfg.engine.channels_last, cfg.engine.compile, device, steps, world)
+    for key in ("channels_last", "compile"):
+        if getattr(cfg.engine, key) is True:
+            raise ConfigError(f"engine.{key}=true is for classification; task {task.name!r} runs eagerly")
+    return FastPath(False, False, f"{task.name}: eager, contiguous memory")
+
+
+def _dense_samples(evaluator: Any, dataset: str) -> Any:
+    """The first evaluation batch's images: what setup measures feature shapes on."""
+    for batch in evaluator:
+        return batch.images
+    raise DatakdError(f"dataset {dataset!r}: the evaluation split is empty")
+
+
+@torch.no_grad()
+def _detector_shapes(models: Models, samples: Any) -> dict[str, dict[str, tuple[int, ...]]]:
+    """(C, h, w) of every FPN level of student and teacher on the sample images, as taps "fpn.<level>"."""
+    from datakd.models.detection.forward import run_detector
+
+    shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+    for role, model in (("student", models.student), ("teacher", models.teacher)):
+        if model is None:
+            continue
+        was_training = model.training
+        model.eval()
+        try:
+            outputs = run_detector(model, list(samples[:1]), None, losses=False)
+        finally:
+            model.train(was_training)
+        shapes[role] = {f"fpn.{k}": tuple(v.shape[1:]) for k, v in outputs["features"].items()}
+    return shapes
 
 
 def _seed_process(cfg: RunConfig, device: torch.device) -> None:
@@ -206,6 +258,10 @@ def load_models(
         teacher, teacher_source = teacher_loader(cfg.teacher.checkpoint, cfg.teacher.name)
         if cfg.student.init_from_teacher:
             _init_from(student, teacher)
+        if cfg.student.init_neck_head:
+            from datakd.models.detection import copy_neck_and_head
+
+            copy_neck_and_head(student, teacher)
 
     student = student.to(device)
     if channels_last:
@@ -268,6 +324,8 @@ def _check_names(cfg: RunConfig, mode: str) -> None:
     from datakd.models.registry import get_entry
     from datakd.targets.base import TARGET_TRANSFORMS
 
+    if cfg.task not in TASKS:
+        raise choice_error("task", cfg.task, TASKS, ConfigError)
     DATASETS.get(cfg.data.dataset)
     if cfg.student.name:
         get_entry(cfg.student.name)

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from datakd.api import distributed as D
-from datakd.api.context import StepContext, TermInputs, View, record
+from datakd.api.context import StepContext, TermInputs, View
 from datakd.augmenters.base import Augmenter
 from datakd.checkpoint import FORMAT_VERSION, atomic_save, capture_rng, load_checkpoint, restore_rng
 from datakd.config import RunConfig, dump_config
@@ -29,11 +29,11 @@ from datakd.data.base import DatasetBundle
 from datakd.data.eval_loader import EvalLoader
 from datakd.data.loaders import Batch, Normalizer
 from datakd.engine.ddp import average_gradient_list, average_gradients, synchronise_batchnorm
-from datakd.engine.evaluate import evaluate
 from datakd.engine.fastpath import CompiledForward, FastPath, unwrap
 from datakd.engine.metrics import EpochMeters, MetricsCSV, TensorBoardLog, write_json
 from datakd.engine.optim import LRSchedule, build_optimizer, merge_section
 from datakd.engine.preemption import Preempted, StopSignals
+from datakd.engine.tasks import Task
 from datakd.errors import DatakdError, NonFiniteLossError
 from datakd.events.base import StageEvent
 from datakd.losses.base import LossTerm
@@ -65,8 +65,10 @@ class Trainer:
         events: list[StageEvent],
         teacher_loader: Callable[[str, str | None], tuple[nn.Module, dict[str, Any]]],
         fast_path: FastPath | None = None,
+        task: Task | None = None,
     ) -> None:
         self.cfg = cfg
+        self.task = task or Task()
         self.run_dir = run_dir
         self.device = device
         self.bundle = bundle
@@ -127,6 +129,11 @@ class Trainer:
         """DDP for the student (the teacher is replicated unwrapped, in eval mode); with sync_bn its batch
         norms see the global batch, so N processes train like one process with the same global batch."""
         model = self.student_module
+        if not self.task.wraps_student:
+            # Detectors run through their components (datakd/models/detection/forward.py), which DDP's
+            # forward would not see: their gradients are all-reduced by hand in `_backward` instead.
+            self.student = model
+            return
         if self.world_size > 1:
             if self.cfg.engine.sync_bn:
                 synchronise_batchnorm(model, self.device)
@@ -197,7 +204,7 @@ class Trainer:
             self.teacher_history.append(
                 {
                     **(self.teacher_source or {}),
-                    "top1": self.teacher_metrics["top1"],
+                    self.task.metric: self.teacher_metrics[self.task.metric],
                     "until_epoch": self.epoch,
                 }
             )
@@ -255,22 +262,25 @@ class Trainer:
             raise DatakdError(
                 f"loss terms {names} need a teacher: use `datakd distill` with --teacher-checkpoint"
             )
+        task = self.task
         with self.autocast():
-            s_logits, s_feats = record(self.student, view.images, s_taps)
-            t_logits, t_feats = None, {}
+            s_logits, s_feats, s_out = task.forward(self.student, view, s_taps)
+            t_logits, t_feats, t_out = None, {}, {}
             if needs_teacher:
                 if view.teacher_logits is not None and not t_taps:
                     t_logits = view.teacher_logits
                 else:
                     with torch.no_grad():
-                        t_logits, t_feats = record(self.teacher, view.images, t_taps)
+                        t_logits, t_feats, t_out = task.forward(
+                            self.teacher, view, t_taps, teacher=True, student_outputs=s_out
+                        )
         if view.name == "main" and view.labels is not None and view.labels.dim() == 1:
             # top-1 on the augmented training images as trained on (EffDstl Fig. 8: train vs validation)
             hits = s_logits.detach().argmax(dim=1).eq(view.labels).float().mean()
             self.meters.add("train_top1", hits * 100, len(view.labels))
         inputs = TermInputs(
             view,
-            s_logits.float(),
+            None if s_logits is None else s_logits.float(),
             None if t_logits is None else t_logits.float(),
             s_feats,
             t_feats,
@@ -279,8 +289,10 @@ class Trainer:
             self.global_step,
             self.steps_per_epoch,
             self.total_epochs,
-            self._soft_targets_fn(view, s_logits, t_logits),
+            None if s_logits is None else self._soft_targets_fn(view, s_logits, t_logits),
             self.meters.add,
+            student_outputs=s_out,
+            teacher_outputs=t_out,
         )
         losses = {}
         for term in terms:
@@ -295,7 +307,8 @@ class Trainer:
         if not custom:
             total.backward()  # DDP averages the student's gradients during this backward
             if self.world_size > 1:
-                average_gradients(self.extra_parameters())
+                unwrapped = [] if self.task.wraps_student else list(self.student_module.parameters())
+                average_gradients([p for p in unwrapped if p.requires_grad] + self.extra_parameters())
             return total
         # Terms that combine gradients themselves need each part separately; parts are averaged across
         # ranks before combining (the student's forward ran under no_sync, see train_step).
@@ -380,7 +393,7 @@ class Trainer:
     def _teacher_eval(self) -> None:
         if self.teacher is None or self.teacher_metrics is not None:
             return
-        self.teacher_metrics = evaluate(
+        self.teacher_metrics = self.task.evaluate(
             unwrap(self.teacher),
             self.eval_loader,
             self.autocast,
@@ -388,7 +401,7 @@ class Trainer:
             progress=self._progress(),
             desc="teacher eval",
         )
-        self._say(f"teacher {self.eval_split} top-1 {self.teacher_metrics['top1']:.2f}%")
+        self._say(f"teacher {self.eval_split} {self._metric_text(self.teacher_metrics[self.task.metric])}")
 
     def _progress(self) -> bool:
         return not self.cfg.quiet and self.is_main
@@ -527,7 +540,7 @@ class Trainer:
         row.update({k: v for k, v in sorted(means.items()) if k.startswith("loss_")})
         evaluate_now = (epoch + 1) % max(self.cfg.engine.eval_every, 1) == 0 or epoch + 1 == self.total_epochs
         if evaluate_now:
-            result = evaluate(
+            result = self.task.evaluate(
                 self.student_module,
                 self.eval_loader,
                 self.autocast,
@@ -535,23 +548,28 @@ class Trainer:
                 progress=self._progress(),
                 desc="eval",
             )
-            row[f"{self.eval_split}_top1"] = result["top1"]
-            row[f"{self.eval_split}_top5"] = result["top5"]
-            row[f"{self.eval_split}_loss"] = result["loss"]
-            if result["top1"] > self.best_top1:
-                self.best_top1, self.best_epoch = result["top1"], epoch + 1
+            for key, value in result.items():
+                row[f"{self.eval_split}_{key}"] = value
+            # best.pt follows the task's headline metric (top-1, mAP or mIoU); the name is historical
+            if result[self.task.metric] > self.best_top1:
+                self.best_top1, self.best_epoch = result[self.task.metric], epoch + 1
         row["images_per_sec"] = self._epoch_images / max(self._epoch_train_seconds, 1e-9)
         row["epoch_seconds"] = self._epoch_train_seconds
         row.update({k: v for k, v in sorted(means.items()) if not k.startswith("loss_")})
         return row
 
     def _describe(self, row: dict[str, Any]) -> str:
-        acc = row.get(f"{self.eval_split}_top1")
-        acc_text = f"{self.eval_split} top-1 {acc:.2f}%  " if acc is not None else ""
+        acc = row.get(f"{self.eval_split}_{self.task.metric}")
+        acc_text = f"{self.eval_split} {self._metric_text(acc)}  " if acc is not None else ""
         return (
             f"epoch {row['epoch']}/{self.total_epochs}  loss {row.get('loss_total', float('nan')):.4f}  "
             f"{acc_text}{row['images_per_sec']:.0f} img/s"
         )
+
+    def _metric_text(self, value: float) -> str:
+        if self.task.metric == "top1":
+            return f"top-1 {value:.2f}%"
+        return f"{self.task.metric} {value:.2f}"
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -560,7 +578,7 @@ class Trainer:
     # ----------------------------------------------------------------- results
     def summary(self) -> dict[str, Any]:
         rows = self.metrics.rows
-        key = f"{self.eval_split}_top1"
+        key = f"{self.eval_split}_{self.task.metric}"
         last = next((r for r in reversed(rows) if key in r), {})
         best = max((r for r in rows if key in r), key=lambda r: r[key], default={})
         devices = self.world_size if self.device.type == "cuda" else 1
@@ -577,7 +595,7 @@ class Trainer:
             "top1_best": best.get(key),
             "top5_best": best.get(f"{self.eval_split}_top5"),
             "best_epoch": best.get("epoch"),
-            "teacher_top1": None if self.teacher_metrics is None else self.teacher_metrics["top1"],
+            "teacher_top1": None if self.teacher_metrics is None else self.teacher_metrics.get("top1"),
             "earlier_teachers": self.teacher_history,
             "images_per_sec": self.train_images / max(self.train_seconds, 1e-9),
             "train_seconds": self.train_seconds,
@@ -592,7 +610,16 @@ class Trainer:
             "student_params": sum(p.numel() for p in self.student_module.parameters()),
             "extra_params": sum(p.numel() for p in self.terms.parameters())
             + sum(p.numel() for p in self.augmenter.parameters()),
-        }
+        } | self._task_summary(last, best)
+
+    def _task_summary(self, last: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
+        """Dense tasks: task, headline metric, last/best mAP or mIoU (classification adds nothing)."""
+        fields = self.task.summary(last, best, self.eval_split)
+        if not fields:
+            return {}
+        metric = self.task.metric
+        teacher = None if self.teacher_metrics is None else self.teacher_metrics.get(metric)
+        return {"task": self.task.name, **fields, f"teacher_{metric}": teacher}
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
