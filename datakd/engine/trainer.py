@@ -23,13 +23,21 @@ from tqdm import tqdm
 from datakd.api import distributed as D
 from datakd.api.context import StepContext, TermInputs, View
 from datakd.augmenters.base import Augmenter
-from datakd.checkpoint import FORMAT_VERSION, atomic_save, capture_rng, load_checkpoint, restore_rng
+from datakd.checkpoint import (
+    FORMAT_VERSION,
+    atomic_save,
+    atomic_write_text,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+)
 from datakd.config import RunConfig, dump_config
 from datakd.data.base import DatasetBundle
 from datakd.data.eval_loader import EvalLoader
 from datakd.data.loaders import Batch, Normalizer
 from datakd.engine.ddp import average_gradient_list, average_gradients, synchronise_batchnorm
 from datakd.engine.fastpath import CompiledForward, FastPath, unwrap
+from datakd.engine.faults import run_fault
 from datakd.engine.metrics import EpochMeters, MetricsCSV, TensorBoardLog, write_json
 from datakd.engine.optim import LRSchedule, build_optimizer, merge_section
 from datakd.engine.preemption import Preempted, StopSignals
@@ -421,7 +429,7 @@ class Trainer:
         wall_before = self.wall_seconds
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
+            atomic_write_text(dump_config(self.cfg), self.run_dir / "config.yaml")
             self.tb = TensorBoardLog(self.run_dir / "tb", self.cfg.engine.tensorboard)
         for event in self.events:
             event.on_train_start(self)
@@ -439,6 +447,11 @@ class Trainer:
             if self.is_main:
                 write_json(self.summary() | preempted.record(), self.run_dir / "summary.json")
             raise
+        except Exception as exc:  # out of memory, a data file gone: one line (datakd.engine.faults)
+            fault = run_fault(self, exc)
+            if fault is None:
+                raise
+            raise fault from None
         finally:
             self._signals = None
             if self.tb is not None:
@@ -669,9 +682,9 @@ class Trainer:
         if not self.is_main:
             return
         state = self.state_dict()
-        atomic_save(state, self.run_dir / "last.pt")
-        if best and self.cfg.engine.save_best:
+        if best and self.cfg.engine.save_best:  # best.pt first: if last.pt then fails, --resume redoes it
             atomic_save(state, self.run_dir / "best.pt")
+        atomic_save(state, self.run_dir / "last.pt")
 
     def load_state(self, path: Path) -> None:
         """Continue from a checkpoint written by `save_checkpoint` (see the module docstring)."""
