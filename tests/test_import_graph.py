@@ -30,7 +30,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("models and data", ("datakd.models", "datakd.data")),
-    ("api: the method interface", ("datakd.api", "datakd.adversarial", "datakd.metrics")),
+    (
+        "api: the method interface",
+        ("datakd.api", "datakd.adversarial", "datakd.metrics", "datakd.dense_metrics"),
+    ),
     ("losses", ("datakd.losses",)),
     ("targets", ("datakd.targets",)),
     ("augmenters", ("datakd.augmenters",)),
