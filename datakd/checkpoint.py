@@ -15,30 +15,40 @@ from typing import Any
 import numpy as np
 import torch
 
+from datakd.engine.faults import StorageError, os_error_in, write_error
 from datakd.errors import DatakdError
 
 FORMAT_VERSION = 1
 
 
-class CheckpointWriteError(DatakdError, OSError):
+class CheckpointWriteError(StorageError):
     """Writing a file failed (disk full, unwritable folder); the previous version of the file is intact."""
+
+
+def _write_failure(path: Path, exc: Exception) -> CheckpointWriteError | None:
+    """The one-line error when `exc` came from the storage; torch's zip writer raises `RuntimeError`
+    (``unexpected pos``) while closing after the `OSError` of a full disk, so the whole chain is searched."""
+    error = os_error_in(exc)
+    if error is None:
+        return None
+    return CheckpointWriteError(str(write_error(path, error)))
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """Write `obj` with torch.save so that `path` is replaced in one step.
 
-    An OSError (disk full, no permission) becomes a one-line `CheckpointWriteError` naming the path and
-    the reason; the previous file at `path` is untouched because the new one never got renamed over it.
+    A storage failure (disk full, no permission, read-only) becomes a one-line `CheckpointWriteError`
+    naming the path and the reason; the previous file at `path` is untouched because the new one never got
+    renamed over it, and the partial temp file is removed (which also gives the space back).
     """
     path = Path(path)
     try:
         _atomic_save(obj, path)
-    except OSError as exc:
-        kept = f"the previous {path.name} is intact" if path.exists() else f"no earlier {path.name} existed"
-        raise CheckpointWriteError(
-            f"cannot write {str(path)!r}: {exc.strerror or exc} (errno {exc.errno}); {kept}; free space "
-            "or choose a writable --out, then rerun with --resume"
-        ) from None
+    except Exception as exc:
+        failure = None if isinstance(exc, DatakdError) else _write_failure(path, exc)
+        if failure is None:
+            raise
+        raise failure from None
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -61,7 +71,18 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 
 def atomic_write_text(text: str, path: str | Path) -> None:
+    """Replace `path` with `text` in one step; a storage failure is one line, the old file intact."""
     path = Path(path)
+    try:
+        _atomic_write_text(text, path)
+    except OSError as exc:
+        failure = None if isinstance(exc, DatakdError) else _write_failure(path, exc)
+        if failure is None:
+            raise
+        raise failure from None
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -7,6 +7,7 @@ import sys
 
 from datakd import __version__
 from datakd.commands.base import COMMANDS
+from datakd.engine.faults import cli_fault
 from datakd.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
 from datakd.errors import DatakdError
 from datakd.registry import describe
@@ -66,10 +67,16 @@ def main(argv: list[str] | None = None) -> int:
         return PREEMPTED_EXIT_CODE
     except DatakdError as exc:
         print(f"datakd {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"datakd {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a full disk or memory that escaped the writers and the trainer
+        fault = cli_fault(exc)
+        if fault is None:
+            raise
+        print(f"datakd {args.command}: error: {fault}", file=sys.stderr)
+        return fault.exit_code
 
 
 if __name__ == "__main__":

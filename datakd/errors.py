@@ -7,7 +7,13 @@ from collections.abc import Iterable
 
 
 class DatakdError(Exception):
-    """An error caused by user input (config, names, paths); the CLI prints it as one line, no traceback."""
+    """An error caused by user input (config, names, paths); the CLI prints it as one line, no traceback.
+
+    `exit_code` is what the CLI exits with: 2 for bad input; subclasses for faults of the machine (storage,
+    memory) carry their own, so that a requeue script can tell "fix the input" from "fix the machine".
+    """
+
+    exit_code: int = 2
 
 
 class ConfigError(DatakdError):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
 from datakd.data.base import ImageArrays, ImageFiles
@@ -27,21 +27,48 @@ from datakd.data.loaders import (
     generator_for,
     random_crop_flip,
 )
-from datakd.errors import DatakdError
+from datakd.engine.faults import DataReadError, reason
 
 
 def decode(path: Path) -> torch.Tensor:
     """An image file as uint8 3×H×W (grayscale and alpha converted to RGB).
 
-    torchvision 0.29 (pinned) deprecates its decoders in favour of torchcodec; they still work, and one
-    warning per image would drown the log, so it is silenced here.
+    The bytes are read here (not by torchvision's `read_file`) so that a file deleted or unreadable
+    mid-run is an OSError with the OS's reason; a PNG without its end chunk is reported as truncated
+    before libpng prints its own complaint. Both are a one-line `DataReadError`. torchvision 0.29 (pinned)
+    deprecates its decoders in favour of torchcodec; they still work, and one warning per image would
+    drown the log, so it is silenced here.
     """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise DataReadError(f"image {str(path)!r} cannot be read: {reason(exc)}") from None
+    if data.startswith(PNG_SIGNATURE) and PNG_END not in data[-4096:]:  # junk after IEND is allowed
+        raise DataReadError(f"image {str(path)!r} is truncated ({len(data)} bytes, no PNG end chunk)")
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision")
-            return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+            buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            return decode_image(buffer, mode=ImageReadMode.RGB)
     except RuntimeError as exc:
-        raise DatakdError(f"cannot decode image {str(path)!r}: {exc}") from None
+        text = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown decoder error"
+        raise DataReadError(
+            f"cannot decode image {str(path)!r} ({len(data)} bytes): {text.rsplit(', ', 1)[-1]}; it is "
+            "truncated or not an image"
+        ) from None
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC, which end a complete PNG
+
+
+class _Unreadable:
+    """What a worker returns for a sample whose file failed: the message travels to the main process,
+    which raises it as one line (DataLoader would re-raise a worker's exception with its traceback
+    folded into the message)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
 
 
 def random_resized_crop_params(
@@ -102,9 +129,12 @@ class SampleDataset(Dataset):
             return self.split.images[index]
         return decode(self.split.paths[index])
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, int] | _Unreadable:
         epoch, index = key
-        image = self._load(index)
+        try:
+            image = self._load(index)
+        except DataReadError as exc:
+            return _Unreadable(str(exc))
         if not self.train:
             image = self._eval_view(image)
         elif self.augment == "imagenet":
@@ -128,7 +158,13 @@ class SampleDataset(Dataset):
         return TF.center_crop(image, [self.image_size] * 2)
 
 
-def _collate(items: list[tuple[torch.Tensor, int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+Collated = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _collate(items: list[tuple[torch.Tensor, int, int] | _Unreadable]) -> Collated | _Unreadable:
+    failed = next((item for item in items if isinstance(item, _Unreadable)), None)
+    if failed is not None:
+        return failed
     images, labels, indices = zip(*items)
     return torch.stack(images), torch.tensor(labels), torch.tensor(indices)
 
@@ -182,7 +218,8 @@ class WorkerLoader(TrainLoader):
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )
-        for step, (images, labels, indices) in enumerate(loader, start=start_step):
+        for step, collated in enumerate(loader, start=start_step):
+            images, labels, indices = _checked(collated)
             images = images.to(self.device, non_blocking=True)
             if self.raw_transform is not None:
                 images = self.raw_transform(images, generator_for(self.seed, epoch, step))
@@ -215,5 +252,14 @@ def eval_batches(
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
     )
-    for images, labels, indices in loader:
+    for collated in loader:
+        images, labels, indices = _checked(collated)
         yield Batch(normalizer(images.to(device, non_blocking=True)), labels.to(device), indices.to(device))
+
+
+def _checked(collated: Collated | _Unreadable) -> Collated:
+    """A batch, or the one-line error of the file that failed in it (raised in the main process, after
+    every earlier batch was trained on: DataLoader hands batches back in order)."""
+    if isinstance(collated, _Unreadable):
+        raise DataReadError(collated.message)
+    return collated

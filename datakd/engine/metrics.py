@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 import torch
 
 from datakd.checkpoint import atomic_write_text
+from datakd.engine.faults import os_error_in, write_error
 
 
 class EpochMeters:
@@ -101,28 +104,85 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 class TensorBoardLog:
-    """Scalar logging to TensorBoard when available; silently a no-op otherwise."""
+    """Scalar logging to TensorBoard when available; silently a no-op otherwise.
+
+    TensorBoard writes on a thread of its own and hands a failed write (a full disk) back to the next
+    `scalars` call; here that becomes a one-line `StorageError` naming the events file, and the writer
+    thread's own traceback is silenced (see `_quiet_writer_thread_errors`).
+    """
 
     def __init__(self, log_dir: Path, enabled: bool) -> None:
         self.writer = None
+        self.events_file = log_dir
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard not installed
                 return
-            self.writer = SummaryWriter(log_dir=str(log_dir))
+            _quiet_writer_thread_errors()
+            try:
+                self.writer = SummaryWriter(log_dir=str(log_dir))
+            except OSError as exc:
+                raise write_error(log_dir, exc) from None
+            self.events_file = _events_file(self.writer, log_dir)
 
     def scalars(self, values: dict[str, Any], step: int) -> None:
         if self.writer is None:
             return
-        for key, value in values.items():
-            if isinstance(value, (int, float)) and key != "epoch":
-                self.writer.add_scalar(key, value, step)
-        self.writer.flush()
+        try:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    self.writer.add_scalar(key, value, step)
+            self.writer.flush()
+        except Exception as exc:
+            error = os_error_in(exc)
+            if error is None:
+                raise
+            raise write_error(self.events_file, error) from None
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        """Close the writer; a failure to flush is reported unless another error is already on its way
+        (then that one is the news, and TensorBoard's tail is the least of the user's worries)."""
+        if self.writer is None:
+            return
+        writer, self.writer = self.writer, None
+        in_flight = sys.exc_info()[1]  # set when called from a `finally` while another error propagates
+        try:
+            writer.close()
+        except Exception as exc:
+            error = os_error_in(exc)
+            if error is None:
+                raise
+            if in_flight is not None:
+                return
+            raise write_error(self.events_file, error) from None
+
+
+def _events_file(writer: Any, log_dir: Path) -> Path:
+    """The events file being written (private TensorBoard attributes; the folder if they change)."""
+    try:
+        name = writer._get_file_writer().event_writer._file_name
+        return Path(name.decode() if isinstance(name, bytes) else name)
+    except (AttributeError, TypeError):
+        return log_dir
+
+
+def _quiet_writer_thread_errors() -> None:
+    """Keep TensorBoard's writer thread from printing a traceback for an OSError (a full disk): the
+    thread stores the error and TensorBoard raises it again in the caller, which reports it in one line.
+    Installed again whenever another hook replaced it (pytest swaps hooks per test)."""
+    previous = threading.excepthook
+    if getattr(previous, "datakd_quiet_tensorboard", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        thread = type(args.thread).__name__ if args.thread is not None else ""
+        if thread == "_AsyncWriterThread" and isinstance(args.exc_value, OSError):
+            return
+        previous(args)
+
+    hook.datakd_quiet_tensorboard = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 def write_json(data: dict[str, Any], path: Path) -> None:

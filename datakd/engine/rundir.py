@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from datakd.engine.faults import check_writable
 from datakd.errors import ConfigError, DatakdError
 
 # The files a run writes into its directory (TensorBoard events go to tb/).
@@ -25,8 +26,16 @@ def run_files(run_dir: Path) -> list[str]:
 def prepare_run_dir(run_dir: Path, resume: bool | str, overwrite: bool, is_main: bool = True) -> bool:
     """Check `run_dir` against the resume/overwrite request; True when ``last.pt`` is to be loaded.
 
-    Nothing is deleted here: with `overwrite`, call `clear_run` once the run is known to build.
+    Nothing is deleted here: with `overwrite`, call `clear_run` once the run is known to build. The
+    directory (or the folder it will be created in) must take a file, else a one-line `StorageError`.
     """
+    load = _resume_or_start(run_dir, resume, overwrite, is_main)
+    if is_main:  # a read-only or full --out fails now, not at the first checkpoint an epoch later
+        check_writable(run_dir)
+    return load
+
+
+def _resume_or_start(run_dir: Path, resume: bool | str, overwrite: bool, is_main: bool) -> bool:
     if resume not in RESUME_MODES:
         raise ConfigError(f"--resume {resume!r} is not a resume mode; valid: --resume, --resume auto")
     last = run_dir / "last.pt"
