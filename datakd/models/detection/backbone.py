@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from datakd.errors import ConfigError, choice_error
+from datakd.errors import ConfigError, DatakdError, choice_error
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -204,3 +204,17 @@ def build_trunk(
     if backbone not in BACKBONES:
         raise choice_error("backbone", backbone, BACKBONES, ConfigError)
     return ResNetTrunk(BACKBONES[backbone], width=width, dilate=dilate)
+
+
+def load_state_file(model: nn.Module, checkpoint: str, strict: bool = True) -> None:
+    """Load a local state-dict file (torchvision's or ours); a one-line error when it does not fit."""
+    from datakd.models.checkpoint_io import load_weights
+
+    try:
+        report = load_weights(model, checkpoint, strict=strict)
+    except DatakdError as error:
+        hint = " (checkpoint_strict=false loads only the tensors that fit)" if strict else ""
+        raise DatakdError(f"{error}{hint}") from None
+    skipped = set(report.missing) | {key for key, _, _ in report.mismatched}
+    if not any(key not in skipped for key in model.state_dict() if not key.endswith("num_batches_tracked")):
+        raise DatakdError(f"checkpoint {checkpoint!r}: no tensor of it fits the model")

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from datakd.errors import ConfigError, DatakdError, choice_error
-from datakd.models.detection.backbone import BACKBONES, build_trunk
+from datakd.errors import ConfigError, choice_error
+from datakd.models.detection.backbone import BACKBONES, build_trunk, load_state_file
 from datakd.models.registry import register_model
 
 if TYPE_CHECKING:
@@ -239,22 +239,8 @@ def build_detector(
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{detector}_{backbone}_fpn rejected its options: {error}") from None
     if checkpoint:
-        load_detector_checkpoint(model, checkpoint, checkpoint_strict)
+        load_state_file(model, checkpoint, checkpoint_strict)
     return model
-
-
-def load_detector_checkpoint(model: nn.Module, checkpoint: str, strict: bool = True) -> None:
-    """Load a local state-dict file (torchvision's or ours); a one-line error when it does not fit."""
-    from datakd.models.checkpoint_io import load_weights
-
-    try:
-        report = load_weights(model, checkpoint, strict=strict)
-    except DatakdError as error:
-        hint = " (checkpoint_strict=false loads only the tensors that fit)" if strict else ""
-        raise DatakdError(f"{error}{hint}") from None
-    skipped = set(report.missing) | {key for key, _, _ in report.mismatched}
-    if not any(key not in skipped for key in model.state_dict() if not key.endswith("num_batches_tracked")):
-        raise DatakdError(f"checkpoint {checkpoint!r}: no tensor of it fits the model")
 
 
 def _factory(detector: str, backbone: str, preset: Preset) -> Callable[..., nn.Module]:
