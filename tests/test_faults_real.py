@@ -404,3 +404,36 @@ def test_an_image_gone_mid_epoch_stops_after_the_step_in_progress_and_resumes(
     code, err = run_cli([*_folder_args(root, out), "--resume"], capsys)
     assert code == 0, err
     assert_same_weights(tmp_path / "reference" / "last.pt", out / "last.pt")
+
+
+# ----------------------------------------------------------------------------------------------- PBA search
+def test_a_pba_search_into_a_full_disk_fails_before_ray_starts(tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    from datakd.engine.faults import StorageError
+    from datakd.pba.search import prepare_spec, run_search
+
+    spec = prepare_spec(tiny_config(tmp_path / "unused"), "teacher", epochs=1, train_size=256)
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        ballast = fill(disk)
+        with pytest.raises(StorageError) as info:
+            run_search(spec, disk / "search", population=2, num_cpus=1, quiet=True)
+        ballast.unlink()
+    message = str(info.value)
+    assert "\n" not in message and f"search directory {str(disk / 'search')!r} is not writable" in message
+    assert "No space left on device (errno 28)" in message
+    assert not ray.is_initialized()
+
+
+def test_a_member_storage_error_reaches_the_user_as_its_own_line() -> None:
+    """Formatting only: Ray keeps a member's exception as `cause` and puts its traceback in the text."""
+    from datakd.checkpoint import CheckpointWriteError
+    from datakd.pba.search import _error_line
+
+    class RayLike(Exception):
+        def __init__(self, cause: BaseException) -> None:
+            super().__init__("Traceback (most recent call last):\n  File ...\nCheckpointWriteError: ...")
+            self.cause = cause
+
+    cause = CheckpointWriteError("cannot write '/s/trainer.pt': No space left on device (errno 28); ...")
+    assert _error_line(RayLike(cause)) == str(cause)
+    assert _error_line(RuntimeError("Traceback ...\n  File x\nValueError: bad")) == "ValueError: bad"

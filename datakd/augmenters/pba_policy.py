@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from datakd.augmenters.pba_ops import OPS, SIGNED_OPS, apply_op, op_parameter
+from datakd.checkpoint import atomic_write_text
 from datakd.errors import DatakdError
 
 NUM_OPS = len(OPS)
@@ -174,9 +175,7 @@ class Schedule:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        body = json.dumps(self.to_dict(), indent=1)
-        path.write_text(body + "\n")
+        atomic_write_text(json.dumps(self.to_dict(), indent=1) + "\n", path)  # a full disk: one line
         return path
 
     @classmethod

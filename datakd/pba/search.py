@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from datakd.augmenters.pba_policy import POLICY_LENGTH, Schedule, explore
+from datakd.checkpoint import atomic_write_text
 from datakd.config import RunConfig
+from datakd.engine.faults import StorageError, check_writable
 from datakd.errors import ConfigError, DatakdError
 from datakd.pba.spec import REWARD, TrialSpec
 
@@ -181,6 +183,7 @@ def run_search(
     if not 0 < quantile <= 0.5:
         raise ConfigError(f"the PBT quantile must be in (0, 0.5], got {quantile}")
     out = Path(out).resolve()
+    check_writable(out, "search directory")  # a full or read-only --out: one line before Ray starts
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
 
@@ -235,8 +238,12 @@ def run_search(
             ray.shutdown()
     finished = [r for r in results if r.metrics and "schedule" in r.metrics]
     if not finished:
-        errors = [str(r.error) for r in results if r.error is not None]
-        raise DatakdError(f"no PBA search member finished; first error: {errors[0] if errors else 'unknown'}")
+        errors = [r.error for r in results if r.error is not None]
+        if not errors:
+            raise DatakdError("no PBA search member finished; first error: unknown")
+        cause = _cause(errors[0])
+        kind = type(cause) if isinstance(cause, StorageError) else DatakdError
+        raise kind(f"no PBA search member finished; first error: {_error_line(errors[0])}")
     best = max(finished, key=lambda r: r.metrics[REWARD])
     errored = sorted(_trial_id(r) for r in results if r.error is not None)
     if errored:  # a smaller population than asked for searched less; say so rather than hide it
@@ -271,5 +278,20 @@ def run_search(
     history = json.loads(best.metrics["schedule"])
     schedule_meta = {k: v for k, v in summary.items() if k != "members"}
     Schedule([tuple(p) for p in history], schedule_meta).save(out / "schedule.json")
-    (out / "search.json").write_text(json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(json.dumps(summary, indent=1) + "\n", out / "search.json")
     return summary
+
+
+def _cause(error: BaseException) -> BaseException:
+    """The member's own exception inside Ray's wrapper (RayTaskError keeps it as `cause`)."""
+    return getattr(error, "cause", None) or error
+
+
+def _error_line(error: BaseException) -> str:
+    """One line for a member's error: a datakd error's own message (a full disk names its file), else the
+    last line of Ray's text, which holds the exception and not the traceback above it."""
+    cause = _cause(error)
+    if isinstance(cause, DatakdError) and cause.args:
+        return str(cause.args[0])
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__

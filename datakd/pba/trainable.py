@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from ray import tune
 
-from datakd.checkpoint import atomic_save
+from datakd.checkpoint import atomic_save, atomic_write_text
 from datakd.data.loaders import derive_seed
 from datakd.engine.build import build_trainer
 from datakd.pba.spec import REWARD, TrialSpec, member_seed
@@ -59,7 +59,7 @@ class PBATrial(tune.Trainable):
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         atomic_save(self.trainer.state_dict(), Path(checkpoint_dir) / "trainer.pt")
-        (Path(checkpoint_dir) / "history.json").write_text(json.dumps(self.history))
+        atomic_write_text(json.dumps(self.history), Path(checkpoint_dir) / "history.json")
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         self.trainer.load_state(Path(checkpoint_dir) / "trainer.pt")
