@@ -37,18 +37,21 @@ def copy_neck_and_head(student: nn.Module, teacher: nn.Module) -> list[str]:
     prefixes = INHERITED[student_family]
     target, source = unwrap(student), unwrap(teacher).state_dict()
     own = target.state_dict()
+    # A module is copied whole or not at all: a lateral conv's bias without its weight inherits nothing.
+    modules: dict[str, list[str]] = {}
+    for key in own:
+        if key.startswith(prefixes):
+            modules.setdefault(key.rpartition(".")[0], []).append(key)
     copied: list[str] = []
     skipped: list[str] = []
     with torch.no_grad():
-        for key, value in own.items():
-            if not key.startswith(prefixes):
+        for keys in modules.values():
+            if any(key not in source or source[key].shape != own[key].shape for key in keys):
+                skipped.extend(keys)
                 continue
-            theirs = source.get(key)
-            if theirs is None or theirs.shape != value.shape:
-                skipped.append(key)
-                continue
-            value.copy_(theirs)
-            copied.append(key)
+            for key in keys:
+                own[key].copy_(source[key])
+            copied.extend(keys)
     if not copied:
         raise DatakdError(
             f"init_student: no FPN/head tensor of the teacher fits the student ({len(skipped)} differ in "
