@@ -45,10 +45,10 @@ def bernoulli_kd(
     s = student_logits.to(wide) / temperature
     t = teacher_logits.to(wide) / temperature
     p = torch.sigmoid(t)
-    # BCE(s; p) − BCE(t; p) = KL(Bern(p) ‖ Bern(σ(s))): the teacher's entropy cancels exactly at s = t.
-    kl = F.binary_cross_entropy_with_logits(s, p, reduction="none") - F.binary_cross_entropy_with_logits(
-        t, p, reduction="none"
-    )
+    # KL(Bern(p) ‖ Bern(σ(s))) = BCE(s; p) − BCE(t; p) = softplus(s) − softplus(t) − p·(s − t): the Bregman
+    # divergence of softplus, exactly 0 at s = t, gradient σ(s) − p. Rounding can leave −1e-9 where s ≈ t
+    # (KL is ≥ 0 element-wise), hence the clamp; the true gradient there is ≈ 0 anyway.
+    kl = (F.softplus(s) - F.softplus(t) - p * (s - t)).clamp_min(0.0)
     per_row = kl.sum(dim=-1).reshape(-1)
     return temperature**2 * per_row.mean()
 
