@@ -14,7 +14,7 @@ from torch import nn
 
 from datakd.errors import ConfigError, DatakdError
 from datakd.models import create, get_entry, model_taps
-from datakd.models.detection import copy_neck_and_head, run_detector
+from datakd.models.detection import DetectorRunner, copy_neck_and_head, run_detector
 from datakd.models.detection.builders import BACKBONES, DETECTORS
 from datakd.models.registry import MODELS
 
@@ -97,6 +97,19 @@ def test_run_detector_losses_equal_the_models_own_and_backpropagate(name):
     sum(out["losses"].values()).backward()
     grads = [p.grad for p in model.backbone.body.layer1.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_detector_runner_is_run_detector_as_a_forward():
+    model = create("fcos_r18_fpn_nano", K).train()
+    images, targets = batch()
+    runner = DetectorRunner(model)
+    torch.manual_seed(1)
+    direct = run_detector(model, images, targets, losses=True)["losses"]
+    torch.manual_seed(1)
+    wrapped = runner(images, targets, losses=True)["losses"]
+    for key, value in direct.items():
+        torch.testing.assert_close(wrapped[key], value)
+    assert model_taps(runner)["stage2"] == "backbone.body.layer2"
 
 
 def test_one_stage_outputs_follow_the_contract():

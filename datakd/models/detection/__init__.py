@@ -7,7 +7,7 @@ detector is built or run, so listing models stays fast.
 """
 
 from datakd.models.detection.builders import build_detector
-from datakd.models.detection.forward import run_detector
+from datakd.models.detection.forward import DetectorRunner, run_detector
 from datakd.models.detection.inherit import copy_neck_and_head
 
-__all__ = ["build_detector", "copy_neck_and_head", "run_detector"]
+__all__ = ["DetectorRunner", "build_detector", "copy_neck_and_head", "run_detector"]

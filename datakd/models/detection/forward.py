@@ -97,6 +97,11 @@ def run_detector(
     roi_box_regression, roi_labels, roi_regression_targets, proposals (None when there is nothing to score:
     an R-CNN teacher without `proposals_from`); ``losses`` (torchvision's loss names) when `losses`.
     """
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        raise DatakdError(
+            "run_detector bypasses DistributedDataParallel's forward (gradients would not be synchronised): "
+            "wrap the detector as DDP(DetectorRunner(model)) and call that"
+        )
     detector = unwrap(model)
     family = detector_family(detector)
     image_list = list(images)
@@ -126,6 +131,26 @@ def run_detector(
     else:
         _two_stage(detector, family, batched, features, resized, losses, proposals_from, out)
     return out
+
+
+class DetectorRunner(nn.Module):
+    """`run_detector` as a module's forward, so DistributedDataParallel (which prepares gradient
+    synchronisation in its own forward) can wrap it: ``DDP(DetectorRunner(model))(images, targets,
+    losses=True)``. The detector is ``.module``, which `unwrap`, `model_taps` and checkpoints see through.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(
+        self,
+        images: Sequence[Tensor] | Tensor,
+        targets: Sequence[dict[str, Tensor]] | None,
+        losses: bool,
+        proposals_from: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        return run_detector(self.module, images, targets, losses=losses, proposals_from=proposals_from)
 
 
 def _one_stage(
