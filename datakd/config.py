@@ -85,7 +85,8 @@ class ScheduleConfig:
     milestones: list[float] = field(default_factory=lambda: [150, 180, 210])
     gamma: float = 0.1
     step_size: float = 30
-    eta_min: float = 0.0  # absolute lr at the end of cosine/linear decay
+    eta_min: float = 0.0  # absolute lr at the end of cosine/linear/poly decay
+    power: float = 0.9  # poly decay (segmentation, mmseg): factor (1 - t)^power
     # Cosine/linear: reach eta_min this many epochs after the schedule starts, then stay there (EffDstl's
     # stage 1 decays over 240 of 300 epochs); None = decay until the end of training.
     decay_epochs: float | None = None
@@ -170,6 +171,7 @@ ADDED_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("task",), "classification"),
     (("student", "init_neck_head"), False),
     (("teacher", "init_neck_head"), False),
+    (("schedule", "power"), 0.9),
 )
 
 

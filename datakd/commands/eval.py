@@ -1,4 +1,4 @@
-"""`datakd eval`: top-1/top-5 of a checkpoint on a dataset's test split."""
+"""`datakd eval`: a checkpoint's test-split metrics (top-1/top-5, COCO mAP or mIoU, by task)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from datakd.models.loading import load_model
 
 @register_command("eval")
 class Eval(Command):
-    """Evaluate a checkpoint: top-1/top-5 on a dataset's test split."""
+    """Evaluate a checkpoint on a dataset's test split: top-1/top-5, COCO mAP (detection) or mIoU."""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
@@ -50,9 +50,20 @@ class Eval(Command):
         bundle, _ = load_dataset(cfg, seed=0)
         model, source = load_model(args.checkpoint, bundle.num_classes, args.model)
         model = model.to(device)
-        result = evaluate(
-            model, eval_loader(cfg, bundle, make_normalizer(bundle, device), device), progress=not args.quiet
-        )
+        task_name = bundle.extra.get("task", "classification")
+        if task_name == "classification":
+            result = evaluate(
+                model,
+                eval_loader(cfg, bundle, make_normalizer(bundle, device), device),
+                progress=not args.quiet,
+            )
+        else:
+            from datakd.data.dense import build_dense_loaders
+            from datakd.engine.tasks import make_task
+
+            _, evaluator = build_dense_loaders(cfg, bundle, device, 0, 0, 1)
+            task = make_task(task_name, bundle)
+            result = {"task": task_name} | task.evaluate(model, evaluator, progress=not args.quiet)
         print(
             json.dumps(
                 {

@@ -17,7 +17,7 @@ from datakd.config import OptimConfig, ScheduleConfig, _build
 from datakd.errors import ConfigError, choice_error
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
-SCHEDULES = ("multistep", "step", "cosine", "linear", "constant")
+SCHEDULES = ("multistep", "step", "cosine", "linear", "poly", "constant")
 
 
 def split_decay(params: list[tuple[str, nn.Parameter]], no_decay_norm_bias: bool) -> tuple[list, list]:
@@ -102,6 +102,8 @@ class LRSchedule:
         floor = cfg.eta_min / self.base_lr if self.base_lr > 0 else 0.0  # eta_min is an absolute lr
         if cfg.name == "cosine":
             return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+        if cfg.name == "poly":  # mmseg's poly: (lr - eta_min)·(1 - t)^power + eta_min, per iteration
+            return floor + (1.0 - floor) * (1.0 - t) ** cfg.power
         return floor + (1.0 - floor) * (1.0 - t)  # linear
 
     def apply(self, optimizer: torch.optim.Optimizer, global_step: int) -> float:
