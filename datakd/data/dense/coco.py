@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,24 +130,34 @@ def decode_masks(segmentations: list[Any], height: int, width: int, where: Path 
         return torch.zeros((0, height, width), dtype=torch.uint8)
     api = _mask_api()
     out = np.zeros((len(segmentations), height, width), dtype=np.uint8)
-    for k, segm in enumerate(segmentations):
-        if segm is None or (isinstance(segm, list) and not segm):
-            continue
-        try:
-            if isinstance(segm, list):  # polygons: one object may have several parts
-                rle = api.merge(api.frPyObjects([list(map(float, p)) for p in segm], height, width))
-            elif isinstance(segm.get("counts"), list):
-                rle = api.frPyObjects(segm, height, width)
-            else:
-                counts = segm["counts"]
-                rle = {"size": segm["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
-            out[k] = api.decode(rle)
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise DatakdError(
-                f"cannot decode segmentation {k} of image {str(where)!r} ({exc}); valid: a list of "
-                "polygons [x1, y1, x2, y2, ...] or an RLE dict {size: [h, w], counts: ...}"
-            ) from None
+    with warnings.catch_warnings():
+        # pycocotools 2.0 under numpy 2 warns about its own __array__ on every decode; harmless here.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="pycocotools")
+        for k, segm in enumerate(segmentations):
+            _decode_one(api, segm, height, width, where, k, out)
     return torch.from_numpy(out)
+
+
+def _decode_one(
+    api: Any, segm: Any, height: int, width: int, where: Path | str, k: int, out: np.ndarray
+) -> None:
+    """Decode object `k`'s segmentation into out[k] (left empty when the object has none)."""
+    if segm is None or (isinstance(segm, list) and not segm):
+        return
+    try:
+        if isinstance(segm, list):  # polygons: one object may have several parts
+            rle = api.merge(api.frPyObjects([list(map(float, p)) for p in segm], height, width))
+        elif isinstance(segm.get("counts"), list):
+            rle = api.frPyObjects(segm, height, width)
+        else:
+            counts = segm["counts"]
+            rle = {"size": segm["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
+        out[k] = api.decode(rle)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise DatakdError(
+            f"cannot decode segmentation {k} of image {str(where)!r} ({exc}); valid: a list of "
+            "polygons [x1, y1, x2, y2, ...] or an RLE dict {size: [h, w], counts: ...}"
+        ) from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:

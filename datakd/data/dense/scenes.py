@@ -52,11 +52,13 @@ MANIFEST = "MANIFEST.sha256"
 
 @dataclass
 class Canvas:
-    """One rendered scene: RGB uint8 H×W×3, owner map (object index or -1) and each object's class."""
+    """One rendered scene: RGB uint8 H×W×3, owner map (object index or -1), each object's class and its
+    whole foreground's pixel count before occlusion (`full`, what the half-visible rule is measured on)."""
 
     image: np.ndarray
     owner: np.ndarray
     classes: list[int] = field(default_factory=list)
+    full: list[int] = field(default_factory=list)
 
     def visible_mask(self, k: int) -> np.ndarray:
         return self.owner == k
@@ -159,7 +161,7 @@ def render_canvas(rng: np.random.Generator, pool: torch.Tensor, labels: np.ndarr
     if len(classes) < OBJECTS[0]:
         raise RuntimeError(f"could not place {OBJECTS[0]} objects on a {size}x{size} canvas")
     image = np.rint(canvas * 255.0).astype(np.uint8)
-    return Canvas(image, owner, classes)
+    return Canvas(image, owner, classes, full)
 
 
 def rle_counts(mask: np.ndarray) -> list[int]:

@@ -97,11 +97,14 @@ def detection_sample(
     """Transform uint8 3×H×W `image` and its target (boxes xyxy, labels, iscrowd, area, optional masks).
 
     Boxes are clamped to the new image and those that degenerate (side or area below 1 px) are dropped
-    with their labels, masks and flags (SanitizeBoundingBoxes). `area` becomes the mask area when masks
-    exist, else the box area, in the transformed image.
+    with their labels, masks and flags (SanitizeBoundingBoxes). A crop that cuts an object leaves its box
+    clamped, which over-covers a non-rectangular object: with masks, such a box is replaced by the tight
+    box of the cropped mask (and an object whose mask left the crop is dropped). `area` becomes the mask
+    area when masks exist, else the box area, in the transformed image.
     """
     u_scale, u_top, u_left, u_flip = _draws(generator)
     height, width = image.shape[-2:]
+    cut = torch.zeros(len(target["boxes"]), dtype=torch.bool)
     items: dict[str, Any] = {
         "image": tv_tensors.Image(image),
         "boxes": tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=(height, width)),
@@ -120,10 +123,16 @@ def detection_sample(
         ch, cw = min(spec.crop_size[0], height), min(spec.crop_size[1], width)
         top = _offset(u_top if spec.random else 0.5, height - ch)
         left = _offset(u_left if spec.random else 0.5, width - cw)
-        items = _each(F.crop, items, top, left, ch, cw)
+        b = items["boxes"]
+        cut = (b[:, 0] < left) | (b[:, 1] < top) | (b[:, 2] > left + cw) | (b[:, 3] > top + ch)
+        items = _each(F.crop, items, top, left, ch, cw)  # clamps the boxes to the window
     if spec.random and spec.flip and u_flip < 0.5:
         items = _each(F.horizontal_flip, items)
-    items["boxes"] = F.clamp_bounding_boxes(items["boxes"])
+    boxes = F.clamp_bounding_boxes(items["boxes"])
+    if "masks" in items and spec.crop_size is not None and cut.any():
+        boxes = boxes.clone()
+        boxes[cut] = tight_boxes(items["masks"][cut].as_subclass(torch.Tensor))
+    items["boxes"] = boxes
     items = _sanitize(items)
     out = {k: v.as_subclass(torch.Tensor) for k, v in items.items() if k != "image"}
     if "masks" in out:
@@ -178,6 +187,23 @@ def segmentation_sample(
     if spec.random and spec.flip and u_flip < 0.5:
         img, mask = F.horizontal_flip(img), F.horizontal_flip(mask)
     return img.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+
+
+def tight_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """xyxy float boxes (pixel edges) around each of n H×W masks; an empty mask gives a zero box."""
+    n = masks.shape[0]
+    if n == 0:
+        return torch.zeros((0, 4))
+    masks = masks.bool()
+    rows, cols = masks.any(2), masks.any(1)  # n×H, n×W
+    height, width = masks.shape[1:]
+    ys, xs = torch.arange(height), torch.arange(width)
+    y1 = torch.where(rows, ys, height).amin(1)
+    y2 = torch.where(rows, ys + 1, 0).amax(1)
+    x1 = torch.where(cols, xs, width).amin(1)
+    x2 = torch.where(cols, xs + 1, 0).amax(1)
+    out = torch.stack([x1, y1, x2, y2], 1).float()
+    return torch.where(rows.any(1, keepdim=True), out, torch.zeros_like(out))
 
 
 def tight_box(mask: torch.Tensor) -> torch.Tensor:
