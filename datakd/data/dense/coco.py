@@ -329,11 +329,14 @@ def _parse_annotations(
                 ann,
                 f"has unknown category id {cat!r}; valid: {sorted(contiguous)}",
             )
+        area_value = ann.get("area", bbox[2] * bbox[3])
+        if not isinstance(area_value, int | float) or isinstance(area_value, bool):
+            raise _entry_error(path, "annotation", i, ann, f"has area {area_value!r}; valid: a number")
         boxes[i] = bbox
         image_ids[i] = ann["image_id"]
         labels[i] = contiguous[cat]
         crowd[i] = int(bool(ann.get("iscrowd", 0)))
-        area[i] = float(ann.get("area", bbox[2] * bbox[3]))
+        area[i] = float(area_value)
         sizes[i] = (info[1], info[2])
     keep = np.ones(n, dtype=bool)
     degenerate = (boxes[:, 2] <= 0) | (boxes[:, 3] <= 0)
