@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from datakd.engine.faults import StorageError, os_error_in, write_error
 from datakd.errors import DatakdError
+from datakd.faults import StorageError, os_error_in, write_error
 
 FORMAT_VERSION = 1
 

@@ -7,9 +7,9 @@ import sys
 
 from datakd import __version__
 from datakd.commands.base import COMMANDS
-from datakd.engine.faults import cli_fault
 from datakd.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
 from datakd.errors import DatakdError
+from datakd.faults import cli_fault
 from datakd.registry import describe
 
 

@@ -26,9 +26,9 @@ import yaml
 import datakd.engine.trainer as trainer_module
 from datakd.checkpoint import load_checkpoint
 from datakd.cli import main
-from datakd.engine.faults import OUT_OF_MEMORY_EXIT_CODE, STORAGE_EXIT_CODE
 from datakd.engine.metrics import MetricsCSV, TensorBoardLog
 from datakd.engine.trainer import Trainer
+from datakd.faults import OUT_OF_MEMORY_EXIT_CODE, STORAGE_EXIT_CODE
 from tests.helpers import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -409,7 +409,7 @@ def test_an_image_gone_mid_epoch_stops_after_the_step_in_progress_and_resumes(
 # ----------------------------------------------------------------------------------------------- PBA search
 def test_a_pba_search_into_a_full_disk_fails_before_ray_starts(tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
-    from datakd.engine.faults import StorageError
+    from datakd.faults import StorageError
     from datakd.pba.search import prepare_spec, run_search
 
     spec = prepare_spec(tiny_config(tmp_path / "unused"), "teacher", epochs=1, train_size=256)

@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "datakd.registry",
             "datakd.config",
             "datakd.checkpoint",
+            "datakd.faults",
         ),
     ),
     ("models and data", ("datakd.models", "datakd.data")),

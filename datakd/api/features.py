@@ -148,4 +148,5 @@ def feature_shapes(model: nn.Module, taps: Iterable[str], sample: torch.Tensor) 
             _, features = recorder.forward(sample)
     finally:
         model.train(was_training)
-    return {tap: tuple(f.shape[1:]) for tap, f in features.items()}
+    # a detector's "logits" entry is its output (detections, a loss dict), a segmenter's a dict: tensors only
+    return {tap: tuple(f.shape[1:]) for tap, f in features.items() if isinstance(f, torch.Tensor)}

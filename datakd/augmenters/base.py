@@ -23,6 +23,9 @@ class Augmenter(nn.Module):
 
     #: Names of the views this augmenter produces (checked against the loss terms' `views` at build time).
     view_names: ClassVar[tuple[str, ...]] = ("main",)
+    #: The tasks (RunConfig.task) this augmenter can serve: image-only operations would move pixels away
+    #: from a detection or segmentation target, so an augmenter opts in to dense tasks explicitly.
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
 
     def setup(self, ctx: SetupContext) -> None:
         """Called once after the models exist."""
@@ -46,7 +49,9 @@ class Augmenter(nn.Module):
         """Restore what `extra_state` returned."""
 
     def forward(self, batch: Batch, ctx: StepContext) -> list[View]:
-        return [View("main", batch.images, batch.labels, indices=batch.indices)]
+        return [
+            View("main", batch.images, batch.labels, indices=batch.indices, annotations=batch.annotations)
+        ]
 
 
 AUGMENTERS: Registry[type[Augmenter]] = Registry("augmenter", packages=("datakd.augmenters",))
@@ -59,6 +64,8 @@ def register_augmenter(name: str):
 @register_augmenter("none")
 class NoAugmenter(Augmenter):
     """Only the loader's base augmentation (crop + flip): one view, ``main``."""
+
+    tasks = ("classification", "detection", "segmentation")
 
 
 def build_augmenter(spec: dict[str, Any]) -> Augmenter:

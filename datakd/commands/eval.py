@@ -58,7 +58,7 @@ class Eval(Command):
                 progress=not args.quiet,
             )
         else:
-            from datakd.data.dense import build_dense_loaders
+            from datakd.data.dense.loaders import build_dense_loaders
             from datakd.engine.tasks import make_task
 
             _, evaluator = build_dense_loaders(cfg, bundle, device, 0, 0, 1)

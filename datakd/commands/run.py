@@ -32,7 +32,10 @@ class _RunCommand(Command):
         finally:
             D.shutdown()
         if trainer.is_main:
-            keys = ("top1_last", "top1_best", "top5_last", "epochs", "images_per_sec", "wall_seconds")
+            metric = summary.get("task_metric", "top1")  # map / miou for detection / segmentation
+            keys = (f"{metric}_last", f"{metric}_best")
+            keys += ("top5_last",) if metric == "top1" else ()
+            keys += ("epochs", "images_per_sec", "wall_seconds")
             print(json.dumps({k: summary[k] for k in keys} | {"run_dir": str(trainer.run_dir)}))
         return 0
 

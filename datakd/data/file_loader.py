@@ -27,7 +27,7 @@ from datakd.data.loaders import (
     generator_for,
     random_crop_flip,
 )
-from datakd.engine.faults import DataReadError, reason
+from datakd.faults import DataReadError, reason
 
 
 def decode(path: Path) -> torch.Tensor:

@@ -118,7 +118,7 @@ def build_trainer(
                 models.teacher, samples, "teacher", models.teacher_source["name"], cfg.data.dataset
             )
     else:
-        from datakd.data.dense import build_dense_loaders
+        from datakd.data.dense.loaders import build_dense_loaders
 
         loader, evaluator = build_dense_loaders(cfg.data, bundle, device, cfg.seed, rank, world)
         samples = _dense_samples(evaluator, cfg.data.dataset)
@@ -301,6 +301,7 @@ def build_methods(cfg: RunConfig, mode: str) -> Methods:
                 "use `datakd distill` or remove them"
             )
     augmenter = build_augmenter(cfg.augmenter)
+    _check_tasks(cfg, terms, augmenter)
     for term in terms:
         unknown = [v for v in term.views if v not in augmenter.view_names]
         if unknown:
@@ -313,6 +314,27 @@ def build_methods(cfg: RunConfig, mode: str) -> Methods:
     for message in inert_weight_warnings(cfg.loss, terms, events):
         warnings.warn(message, InertSettingWarning, stacklevel=2)
     return Methods(terms, augmenter, target_transform, events)
+
+
+def _check_tasks(cfg: RunConfig, terms: list[LossTerm], augmenter: Augmenter) -> None:
+    """Each loss term and the augmenter must serve the recipe's task (a KD term on image logits cannot
+    read a detector's outputs, an image-only augmentation would leave boxes behind)."""
+    for term in terms:
+        if cfg.task not in term.tasks:
+            raise ConfigError(
+                f"loss.{term.term_name} ({type(term).__name__}) serves task {'/'.join(term.tasks)}, not "
+                f"{cfg.task!r}; valid for {cfg.task}: {', '.join(_terms_for(cfg.task))}"
+            )
+    if cfg.task not in augmenter.tasks:
+        raise ConfigError(
+            f"augmenter {cfg.augmenter['name']!r} serves task {'/'.join(augmenter.tasks)}, not {cfg.task!r}"
+        )
+
+
+def _terms_for(task: str) -> list[str]:
+    from datakd.losses.base import LOSSES
+
+    return sorted(name for name, cls in LOSSES.items() if task in getattr(cls, "tasks", ()))
 
 
 def _check_names(cfg: RunConfig, mode: str) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from datakd.checkpoint import atomic_write_text
-from datakd.engine.faults import os_error_in, write_error
+from datakd.faults import os_error_in, write_error
 
 
 class EpochMeters:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from datakd.engine.faults import check_writable
 from datakd.errors import ConfigError, DatakdError
+from datakd.faults import check_writable
 
 # The files a run writes into its directory (TensorBoard events go to tb/).
 RUN_FILES = ("last.pt", "best.pt", "summary.json", "metrics.csv", "config.yaml", "tb")

@@ -10,7 +10,7 @@ never branches on the task itself; the loss terms of each task read what its for
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -146,9 +146,11 @@ class DetectionTask(Task):
     metric = "map"
     wraps_student = False
 
-    def __init__(self, area_scale: float = 1.0, category_ids: Sequence[int] | None = None) -> None:
+    def __init__(
+        self, area_scale: float = 1.0, category_ids: Sequence[int] | Mapping[int, int] | None = None
+    ) -> None:
         self.area_scale = area_scale
-        self.category_ids = list(category_ids) if category_ids is not None else None
+        self.category_ids = category_ids  # label 1..K -> the dataset's category id, for COCO's evaluator
 
     def forward(
         self,
@@ -172,7 +174,8 @@ class DetectionTask(Task):
                 images,
                 view.annotations,
                 losses=not teacher,
-                proposals_from=student_outputs if teacher else None,
+                # an R-CNN teacher scores the student's sampled proposals (two-stage det_kd)
+                proposals_from=student_outputs if teacher and _two_stage(student_outputs) else None,
             )
             features = dict(recorder.features) if recorder is not None else {}
         finally:
@@ -239,6 +242,10 @@ class DetectionTask(Task):
 
     def summary(self, last: dict[str, Any], best: dict[str, Any], split: str) -> dict[str, Any]:
         return _dense_summary(self.metric, ("map", "ap50", "ap75"), last, best, split)
+
+
+def _two_stage(outputs: dict[str, Any] | None) -> bool:
+    return bool(outputs) and outputs.get("roi_class_logits") is not None
 
 
 def _metric_key(name: str) -> str:

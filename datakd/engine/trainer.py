@@ -37,13 +37,13 @@ from datakd.data.eval_loader import EvalLoader
 from datakd.data.loaders import Batch, Normalizer
 from datakd.engine.ddp import average_gradient_list, average_gradients, synchronise_batchnorm
 from datakd.engine.fastpath import CompiledForward, FastPath, unwrap
-from datakd.engine.faults import run_fault
 from datakd.engine.metrics import EpochMeters, MetricsCSV, TensorBoardLog, write_json
 from datakd.engine.optim import LRSchedule, build_optimizer, merge_section
 from datakd.engine.preemption import Preempted, StopSignals
 from datakd.engine.tasks import Task
 from datakd.errors import DatakdError, NonFiniteLossError
 from datakd.events.base import StageEvent
+from datakd.faults import run_fault
 from datakd.losses.base import LossTerm
 from datakd.targets.base import TargetInputs, TargetTransform
 
@@ -447,7 +447,7 @@ class Trainer:
             if self.is_main:
                 write_json(self.summary() | preempted.record(), self.run_dir / "summary.json")
             raise
-        except Exception as exc:  # out of memory, a data file gone: one line (datakd.engine.faults)
+        except Exception as exc:  # out of memory, a data file gone: one line (datakd.faults)
             fault = run_fault(self, exc)
             if fault is None:
                 raise
@@ -603,9 +603,9 @@ class Trainer:
             "teacher": None if self.teacher_source is None else self.teacher_source.get("name"),
             "seed": self.cfg.seed,
             "epochs": self.epoch,
-            "top1_last": last.get(key),
+            "top1_last": last.get(f"{self.eval_split}_top1"),
             "top5_last": last.get(f"{self.eval_split}_top5"),
-            "top1_best": best.get(key),
+            "top1_best": best.get(f"{self.eval_split}_top1"),
             "top5_best": best.get(f"{self.eval_split}_top5"),
             "best_epoch": best.get("epoch"),
             "teacher_top1": None if self.teacher_metrics is None else self.teacher_metrics.get("top1"),

@@ -31,6 +31,8 @@ class LossTerm(nn.Module):
     needs_labels: ClassVar[bool] = False
     #: True when `combine_gradient` should be used instead of summing gradients.
     custom_gradient: ClassVar[bool] = False
+    #: The tasks (RunConfig.task) whose outputs this term reads; checked when the run is built.
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
 
     def __init__(self) -> None:
         super().__init__()

@@ -57,6 +57,8 @@ def bernoulli_kd(
 class DetectionKD(LossTerm):
     """Detector logit KD: softmax KL on R-CNN box-head logits, per-class Bernoulli KL on one-stage anchors."""
 
+    tasks = ("detection",)
+
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
         if isinstance(temperature, bool) or not temperature > 0:

@@ -19,6 +19,8 @@ from datakd.losses.base import LossTerm, register_loss
 class DetectorLoss(LossTerm):
     """The student detector's own losses (torchvision's loss dict), summed; each logged as det_<name>."""
 
+    tasks = ("detection",)
+
     needs_teacher = False
     needs_labels = False  # the detection targets travel in the view's annotations, not in labels
 

@@ -83,6 +83,8 @@ def _non_negative(name: str, value: float | None) -> float | None:
 class FGD(LossTerm):
     """FGD (Yang et al. 2022): focal (fg/bg, attention-weighted) and global (GcBlock) feature distillation."""
 
+    tasks = ("detection",)
+
     def __init__(
         self,
         preset: str = "auto",

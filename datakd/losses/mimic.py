@@ -80,6 +80,8 @@ def level_features(inputs: TermInputs, level: str) -> tuple[torch.Tensor, torch.
 class Mimic(LossTerm):
     """TST's detection mimic: per FPN level a 1×1 conv adapter (student → teacher channels) + MSE."""
 
+    tasks = ("detection",)
+
     def __init__(self, levels: str | int | Sequence[str | int] | None = None) -> None:
         super().__init__()
         self.levels = level_names(levels)

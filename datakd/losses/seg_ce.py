@@ -30,6 +30,8 @@ def pixel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index
 class SegmentationCE(LossTerm):
     """Pixel CE (ignore 255) on the decode head "out" + aux_weight × CE on the auxiliary head "aux"."""
 
+    tasks = ("segmentation",)
+
     needs_teacher = False
     needs_labels = True
 

@@ -33,6 +33,8 @@ def pixel_kd(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 
 class SegmentationKD(LossTerm):
     """Pixel-wise KD at τ: main_weight × KL on "out" + aux_weight × KL on "aux" (TST: 1.5 and 0.5)."""
 
+    tasks = ("segmentation",)
+
     def __init__(self, temperature: float = 1.0, main_weight: float = 1.5, aux_weight: float = 0.5) -> None:
         super().__init__()
         if isinstance(temperature, bool) or not temperature > 0:

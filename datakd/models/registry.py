@@ -24,7 +24,7 @@ class ModelEntry:
     name: str
     factory: Callable[..., nn.Module]
     taps: dict[str, str] = field(default_factory=dict)
-    family: str = "cifar"  # cifar | imagenet
+    family: str = "cifar"  # cifar | imagenet | detection | segmentation
     description: str = ""
 
 

@@ -24,8 +24,8 @@ from typing import Any
 from datakd.augmenters.pba_policy import POLICY_LENGTH, Schedule, explore
 from datakd.checkpoint import atomic_write_text
 from datakd.config import RunConfig
-from datakd.engine.faults import StorageError, check_writable
 from datakd.errors import ConfigError, DatakdError
+from datakd.faults import StorageError, check_writable
 from datakd.pba.spec import REWARD, TrialSpec
 
 ROLES = {"teacher": "train", "student": "distill"}
