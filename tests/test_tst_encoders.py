@@ -172,3 +172,72 @@ def test_stage_one_fit_clearly_reduces_every_ops_error_on_real_images() -> None:
         assert report["mse_final"] < bound * report["mse_init"], (op, report)
         if op in AFFINE_OPS:  # STN starts at the identity: it must clearly beat doing nothing
             assert report["mse_final"] < 0.6 * report["mse_identity"], (op, report)
+
+
+GRAY28 = {"pad_to_32": False, "rgb": False}
+
+
+def _grey_data(ops: list[str]) -> tuple[FitConfig, object]:
+    fit = FitConfig(subset=128, max_iters=2, batch_size=32, eval_images=32, ops=ops)
+    data_cfg = DataConfig(dataset="quickstart", options=GRAY28, augment="crop_flip", crop_padding=2)
+    return fit, prepare_data(data_cfg, fit, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("op", ["TranslateX", "TranslateY"])
+def test_the_exact_affine_of_the_default_shift_reproduces_its_stage_one_target(op: str) -> None:
+    """θ_m starts at 0, so f_DE asks for m = σ(0) = 0.5; the exact affine of that shift must reach the
+    uint8 target (fill black) with MSE ~ 0. With the authors' fill (normalised 0 = mean grey) it cannot."""
+    from datakd.augmenters.tst.encoders import black_fill
+    from datakd.jobs.tst_fit import _target
+
+    _, data = _grey_data([op])
+    images = data.eval_images
+    height, width = images.shape[-2:]
+    shift = int(magnitude_value(op, 0.5, height, width))  # 7 px on 28×28
+    assert shift > 0
+    target = _target(data.normalizer, images, op, shift)
+    encoder = SpatialEncoder()
+    dx, dy = (2 * shift / width, 0.0) if op == "TranslateX" else (0.0, 2 * shift / height)
+    with torch.no_grad():  # content moves right/down by `shift`: sample `shift` pixels to the left/up
+        encoder.fc.bias.copy_(torch.tensor([1.0, 0.0, -dx, 0.0, 1.0, -dy]))
+    legacy = torch.nn.functional.mse_loss(encoder(images, 0.5, random=False), target).item()
+    encoder.set_fill(black_fill(data.normalizer, 1, images.device))
+    exact = torch.nn.functional.mse_loss(encoder(images, 0.5, random=False), target).item()
+    assert exact < 1e-10, exact
+    assert legacy > 0.05, legacy  # grey bands on a black background (0.16 in the evidence regime)
+
+
+def test_an_op_that_is_the_identity_on_the_data_is_reported() -> None:
+    """Colour saturation of a grey image is the image: the fit says so instead of fitting noise."""
+    from datakd.jobs.tst_fit import fit_encoders, format_report
+
+    fit, data = _grey_data(["Color", "Brightness"])
+    payload = fit_encoders(data, fit)
+    assert payload["report"]["Color"]["identity_on_data"] is True
+    assert payload["report"]["Brightness"]["identity_on_data"] is False
+    assert "identity on this data (target = input at every bin): Color" in format_report(payload)
+    assert payload["version"] == 2 and payload["fill"] == "black"
+
+
+def test_version_one_files_still_load_with_the_fill_they_were_fitted_with(tmp_path) -> None:
+    """Format versioning: a v1 file (zero fill) loads as v1; `datakd tst fit`'s cache key holds the
+    version, so a v1 file at the recipe's path is refitted rather than re-used."""
+    from datakd.augmenters.tst.encoder_file import fill_of, load_encoders, save_encoders
+
+    fit, data = _grey_data(["TranslateX"])
+    payload = fit_encoders(data, fit)
+    old = {k: v for k, v in payload.items() if k != "fill"} | {"version": 1}
+    save_encoders(old, tmp_path / "v1.pt")
+    assert fill_of(load_encoders(tmp_path / "v1.pt")) == "zero"
+    assert fill_of(payload) == "black"
+    assert payload["hash"] == content_hash(fit, data.identity)
+    assert content_hash(fit, data.identity) != _hash_as_version(fit, data.identity, 1)
+
+
+def _hash_as_version(fit: FitConfig, identity: dict, version: int) -> str:
+    import dataclasses
+    import hashlib
+    import json
+
+    text = json.dumps({"version": version, "fit": dataclasses.asdict(fit), "data": identity}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -134,3 +134,22 @@ def test_bad_setups_fail_with_one_line(teacher: Path, encoders: Path, tmp_path: 
         build_trainer(tst_config(tmp_path / "e", teacher, encoders, {"rbd_mode": "Code"}), "distill")
     with pytest.raises(ConfigError, match="epochs_spatial"):
         build_trainer(tst_config(tmp_path / "f", teacher, encoders, {"fit": {"epoch_spatial": 1}}), "distill")
+
+
+def test_the_control_without_fde_trains_on_the_same_two_halves_with_identity(
+    teacher: Path, tmp_path: Path
+) -> None:
+    """`fde: false` (evidence arm kd_tstloss): the batch [x ‖ x] of TST with f_DE the identity; no encoders
+    are needed, and Stage II, which has nothing to search, is refused in one line."""
+    cfg = tst_config(tmp_path / "run", teacher, None, {"fde": False}, events=[])
+    trainer = build_trainer(cfg, "distill")
+    batch = next(iter(trainer.loader.epoch(0)))
+    from datakd.api.context import StepContext
+
+    ctx = StepContext(0, 0, 0, 1, 1, trainer.student, trainer.teacher, trainer.meters, trainer.autocast)
+    (view,) = trainer.augmenter(batch, ctx)
+    assert torch.equal(view.images, torch.cat([batch.images, batch.images]))
+    assert torch.equal(view.labels, torch.cat([batch.labels, batch.labels]))
+    searched = tst_config(tmp_path / "run2", teacher, None, {"fde": False})
+    with pytest.raises(ConfigError, match="fde: false"):
+        build_trainer(searched, "distill").fit()

@@ -160,3 +160,37 @@ def test_search_step_freezes_the_networks_and_trains_only_theta() -> None:
         assert torch.equal(value, encoders_before[key]), key
     assert policy.prob_logits.abs().sum() > 0 or policy.mag_logits.abs().sum() > 0
     assert len(parameter_list(policy, True)) == 2 + len(list(policy.encoders.parameters()))
+
+
+def test_a_pass_of_pass_images_keeps_the_authors_proportion_and_chains_loader_epochs() -> None:
+    """Authors (R110 → R20): one pass = one full-split epoch (782 steps). A 2,000-image subset at batch 128
+    has 16-step epochs; `pass_images: 60000` gives the full Fashion-MNIST split's 469 steps per pass."""
+    from datakd.errors import ConfigError
+    from datakd.events.tst_search import SEARCH_KEY, TSTSearch
+
+    assert TSTSearch().pass_steps(16, 128) == 16  # unset: one epoch of the run's own loader
+    assert TSTSearch(pass_images=60000).pass_steps(16, 128) == 469
+    assert TSTSearch(pass_images=50000).pass_steps(391, 64) == 782  # the authors' pass
+    with pytest.raises(ConfigError, match="pass_images"):
+        TSTSearch(pass_images=0)
+
+    class Loader:
+        def __len__(self) -> int:
+            return 3
+
+        def epoch(self, key: int, start: int = 0):
+            return iter([(key, i) for i in range(start, 3)])
+
+    class Trainer:
+        loader = Loader()
+
+    batches = TSTSearch._batches(Trainer(), 5, 1, 2)  # resume pass 1 of the call at epoch 5 at step 2
+    got = [next(batches) for _ in range(5)]
+    first = SEARCH_KEY + 5 * 1000 + 1  # the key a one-epoch pass always used
+    assert got == [
+        (first, 2),
+        (first + 10**7, 0),
+        (first + 10**7, 1),
+        (first + 10**7, 2),
+        (first + 2 * 10**7, 0),
+    ]

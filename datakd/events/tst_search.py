@@ -10,10 +10,20 @@ Everything a call has done so far (its pass and step, SGD and ALRS state, loss s
 are this event's state, saved in every checkpoint; with `engine.checkpoint_every_iters` a checkpoint is
 also written every N Stage II iterations, so a run killed inside Stage II resumes inside it
 bit-identically. The probabilities and magnitudes go to ``tst_policy.csv`` after every pass.
+
+How long a pass is (the rule, `pass_images`): the authors' Stage II pass is one epoch over the student's
+training data, and their students train on the full split: ResNet-110 → ResNet-20 on CIFAR-100 searches 782
+steps per pass, one training epoch of 782 steps. A student trained on a subset has far shorter epochs (a
+2,000-image subset at batch 128: 16 steps), so θ would get a few dozen SGD steps in all. ``pass_images: N``
+keeps the authors' proportion of search to training measured on the full split: a pass draws N images, i.e.
+⌈N / batch⌉ steps (the subset's loader epochs chained), with N = the full training split (Fashion-MNIST
+60,000: 469 steps at batch 128). Unset, a pass is one epoch of the run's own loader (the default).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +47,17 @@ class TSTSearch(StageEvent):
 
     `at` follows the epoch-scaling rule (× schedule.scale); `epochs` is the number of passes over the
     training loader per call (paper: 1; the authors' configs: 1/5/10/30 per pair, see the recipes);
-    `max_steps` caps the batches of each pass (quick runs).
+    `max_steps` caps the batches of each pass (quick runs); `pass_images` sets a pass's length in images
+    (the rule in the module docstring).
     """
 
-    def __init__(self, at: int | list[int] = (30, 90), epochs: int = 1, max_steps: int | None = None) -> None:
+    def __init__(
+        self,
+        at: int | list[int] = (30, 90),
+        epochs: int = 1,
+        max_steps: int | None = None,
+        pass_images: int | None = None,
+    ) -> None:
         self.at = epoch_list(list(at) if isinstance(at, tuple) else at)
         if any(a < 0 for a in self.at):
             raise ConfigError(f"tst_search.at must list epochs >= 0, got {self.at}")
@@ -48,7 +65,10 @@ class TSTSearch(StageEvent):
             raise ConfigError(f"tst_search.epochs must be an integer >= 0, got {epochs!r}")
         if max_steps is not None and max_steps < 1:
             raise ConfigError(f"tst_search.max_steps must be at least 1, got {max_steps}")
+        if pass_images is not None and (not isinstance(pass_images, int) or pass_images < 1):
+            raise ConfigError(f"tst_search.pass_images must be a positive integer, got {pass_images!r}")
         self.epochs = epochs
+        self.pass_images = pass_images
         self.max_steps = max_steps
         self.history: list[dict[str, Any]] = []  # the policy log (tst_policy.csv rows)
         self.calls = 0
@@ -64,6 +84,14 @@ class TSTSearch(StageEvent):
             )
         if trainer.teacher is None:
             raise ConfigError("event tst_search needs a teacher: run with `datakd distill`")
+        if not trainer.augmenter.fde:
+            raise ConfigError("event tst_search searches f_DE, but this run's tst augmenter has fde: false")
+
+    def pass_steps(self, loader_steps: int, batch_size: int) -> int:
+        """Steps of one pass: one loader epoch, or ⌈pass_images / batch⌉ (the rule above)."""
+        if self.pass_images is None:
+            return loader_steps
+        return max(1, math.ceil(self.pass_images / batch_size))
 
     def on_epoch_start(self, trainer: RunControl, epoch: int) -> None:
         if self.epochs and epoch in {trainer.scaled_epoch(a) for a in self.at}:
@@ -103,7 +131,8 @@ class TSTSearch(StageEvent):
             optimizer.load_state_dict(state["optimizer"])
             alrs.load_state_dict(state["alrs"])
         self._live = (optimizer, alrs)
-        steps = len(trainer.loader) if max_steps is None else min(max_steps, len(trainer.loader))
+        steps = self.pass_steps(len(trainer.loader), trainer.cfg.data.batch_size)
+        steps = steps if max_steps is None else min(max_steps, steps)
         with frozen_student(trainer.student_module) as student:
             while state["pass"] < passes:
                 self._run_pass(trainer, augmenter, policy, student, optimizer, steps)
@@ -135,7 +164,7 @@ class TSTSearch(StageEvent):
         assert state is not None and trainer.teacher is not None
         epoch, k = state["epoch"], state["pass"]
         every = trainer.cfg.engine.checkpoint_every_iters
-        for batch in trainer.loader.epoch(SEARCH_KEY + epoch * 1000 + k, state["step"]):
+        for batch in self._batches(trainer, epoch, k, state["step"]):
             if state["step"] >= steps:
                 break
             loss = search_step(
@@ -161,6 +190,19 @@ class TSTSearch(StageEvent):
             self.search_steps += 1
             if every and state["step"] % every == 0 and state["step"] < steps:
                 trainer.save_checkpoint()  # state_dict() carries this call's progress
+
+    @staticmethod
+    def _batches(trainer: RunControl, epoch: int, k: int, start: int) -> Iterator[Any]:
+        """Pass `k`'s batches from step `start` on: loader epochs chained, each with its own order (the
+        first has the key a one-epoch pass always had, so a pass of one epoch is unchanged)."""
+        per_epoch = len(trainer.loader)
+        chunk = start // per_epoch
+        while True:
+            key = SEARCH_KEY + epoch * 1000 + k + chunk * 10**7
+            yield from trainer.loader.epoch(
+                key, start - chunk * per_epoch if chunk == start // per_epoch else 0
+            )
+            chunk += 1
 
     def _record(
         self,

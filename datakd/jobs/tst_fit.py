@@ -8,6 +8,12 @@ signed ops, take the op's value for bin ⌊10|m|⌋, make the target with the ui
 renormalise) and regress the encoder's output on the normalised batch onto it (MSE, AdamW lr 1e-3, wd 0.01
 for STN / 0 for CN, ExponentialLR γ = 0.999 per iteration). CIFAR: STN 10 epochs, CN 20 epochs, batch 64.
 
+Spatial encoders fill the pixels a warp uncovers with black, exactly as the uint8 targets do (version-2
+files; `datakd.augmenters.tst.encoders`), so the exact affine of a translation reproduces its target. An op
+whose target equals its input on every bin of the fixed batch (Color on grey images: saturation of a grey
+pixel is the pixel) is the identity on this data; the report says so (``identity_on_data``, a warning), since
+f_DE then spends probability on an op that cannot change an image.
+
 The fitted encoders go into one file together with a content hash of the fitting settings and the data's
 identity (dataset, options, image geometry, normalisation, a digest of the images), so `datakd tst fit`
 re-uses a file whose hash matches instead of fitting again. The file also stores, per op, the seconds spent
@@ -32,11 +38,12 @@ import torch.nn.functional as F
 from datakd.augmenters.tst.encoder_file import (
     FILE_FORMAT,
     FILE_VERSION,
+    FILLS,
     FitConfig,
     load_encoders,
     save_encoders,
 )
-from datakd.augmenters.tst.encoders import make_encoder
+from datakd.augmenters.tst.encoders import SpatialEncoder, black_fill, make_encoder
 from datakd.augmenters.tst.ops import AFFINE_OPS, SIGNED, magnitude_value, op_index
 from datakd.augmenters.tst.ops import apply_pixel_op as pixel_op
 from datakd.config import DataConfig
@@ -150,6 +157,10 @@ class _Evaluator:
     def identity_mse(self) -> float:
         return sum(F.mse_loss(self.images, t).item() for _, t in self.cases) / len(self.cases)
 
+    def is_identity(self) -> bool:
+        """True if the hand-made op leaves every image of the batch unchanged at every bin."""
+        return all(torch.equal(self.images, t) for _, t in self.cases)
+
     @torch.no_grad()
     def __call__(self, encoder: torch.nn.Module) -> float:
         total = 0.0
@@ -167,11 +178,14 @@ def fit_op(
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(derive_seed(fit.seed, index))
         encoder = make_encoder(op, data.channels).to(data.device)
+        if isinstance(encoder, SpatialEncoder):
+            encoder.set_fill(black_fill(data.normalizer, data.channels, data.device))
         evaluator = _Evaluator(data, op)
         report: dict[str, Any] = {
             "op": op,
             "kind": "STN" if op in AFFINE_OPS else "CN",
             "mse_identity": evaluator.identity_mse(),
+            "identity_on_data": evaluator.is_identity(),
             "mse_init": evaluator(encoder),
         }
         optimizer = torch.optim.AdamW(encoder.parameters(), lr=fit.lr, weight_decay=fit.weight_decay_for(op))
@@ -208,6 +222,11 @@ def fit_op(
                 "train_mse_last": float(torch.stack(losses[-tail:]).mean()) if losses else float("nan"),
             }
         )
+    if say is not None and report["identity_on_data"]:
+        say(
+            f"tst fit warning: {op} is the identity on this data (its target equals its input at every "
+            f"bin); f_DE's probability on it changes nothing"
+        )
     if say is not None:
         say(
             f"tst fit {op:<10} {report['kind']}  {report['iters']} iters  {seconds:.1f}s  "
@@ -227,6 +246,7 @@ def fit_encoders(data: FitData, fit: FitConfig, say: Callable[[str], None] | Non
     return {
         "format": FILE_FORMAT,
         "version": FILE_VERSION,
+        "fill": FILLS[FILE_VERSION],
         "hash": content_hash(fit, data.identity),
         "fit": dataclasses.asdict(fit),
         "data": data.identity,
@@ -282,5 +302,8 @@ def format_report(payload: dict[str, Any]) -> str:
             f"{op:<11}{r['kind']:<6}{r['iters']:>7}{r['seconds']:>9.1f}{r['mse_identity']:>10.4f}"
             f"{r['mse_init']:>10.4f}{r['mse_final']:>10.4f}{r['train_mse_last']:>11.4f}"
         )
+    identity = [op for op, r in payload["report"].items() if r.get("identity_on_data")]
+    if identity:
+        lines.append(f"identity on this data (target = input at every bin): {', '.join(identity)}")
     lines.append(f"total {total:.1f}s  (MSE id = doing nothing; MSE on a fixed batch over all bins)")
     return "\n".join(lines)

@@ -6,6 +6,9 @@ authors' code. f_DE runs without gradient here. θ_p and θ_m are parameters of 
 run). Stage II, which searches θ, is the ``tst_search`` stage event (`datakd.events.tst_search`); its
 settings (α, β, lr, momentum, clipping, ALRS) are options of this augmenter, where the recipes set them.
 `policy_rows` describes the current θ for the policy log ``tst_policy.csv`` that the event writes.
+
+``fde: false`` is the control that isolates f_DE: the same 2B batch [x ‖ x] and the same loss, with f_DE
+replaced by the identity (no encoders, no Stage II), so TST − control measures what f_DE's images add.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +24,8 @@ import torch
 
 from datakd.api.context import SetupContext, StepContext, View
 from datakd.augmenters.base import Augmenter, register_augmenter
-from datakd.augmenters.tst.encoder_file import FitConfig, check_compatible, load_encoders
-from datakd.augmenters.tst.encoders import make_encoders
+from datakd.augmenters.tst.encoder_file import FitConfig, check_compatible, fill_of, load_encoders
+from datakd.augmenters.tst.encoders import black_fill, make_encoders, set_fill
 from datakd.augmenters.tst.ops import MAGNITUDE_OPS, OPS
 from datakd.augmenters.tst.policy import RBD_MODES, TSTPolicy
 from datakd.checkpoint import atomic_write_text
@@ -56,8 +60,10 @@ class TSTAugmenter(Augmenter):
         alrs_ratio: float = 0.02,
         alrs_decay: float = 0.9,
         fit: dict[str, Any] | None = None,
+        fde: bool = True,
     ) -> None:
         super().__init__()
+        self.fde = fde
         if rbd_mode not in RBD_MODES:
             raise choice_error("tst.rbd_mode", rbd_mode, RBD_MODES, ConfigError)
         for name in ops or []:
@@ -69,7 +75,7 @@ class TSTAugmenter(Augmenter):
                 f"tst.num_ops must be between 1 and {len(active)} (the active ops), got {num_ops}"
             )
         needs_encoders = any(name in MAGNITUDE_OPS for name in active)
-        if prior and needs_encoders and not encoders:
+        if prior and needs_encoders and not encoders and fde:
             raise ConfigError(
                 "tst.encoders: give the Stage I file (`datakd tst fit --config RECIPE ...` writes it), "
                 "or set prior: false for the no-prior ablation"
@@ -94,8 +100,11 @@ class TSTAugmenter(Augmenter):
 
     # ------------------------------------------------------------------ setup
     def setup(self, ctx: SetupContext) -> None:
+        if not self.fde:  # the control: [x ‖ x], nothing to load
+            return
         channels = int(ctx.sample_images.shape[1])
         encoders = make_encoders(channels)
+        fill = black_fill(ctx.normalizer, channels, ctx.device)
         if self.prior and self.encoders_path:
             payload = load_encoders(self.encoders_path)
             check_compatible(payload, ctx.mean, ctx.std, channels, str(self.encoders_path))
@@ -108,21 +117,35 @@ class TSTAugmenter(Augmenter):
                 )
             for op, state in stored.items():
                 encoders[op].load_state_dict(state)
+            if fill_of(payload) == "zero":
+                warnings.warn(
+                    f"TST encoders {self.encoders_path!r} are a version-1 fit (uncovered pixels filled "
+                    f"with normalised 0, not black like their targets); kept as fitted. `datakd tst fit` "
+                    f"refits them",
+                    stacklevel=2,
+                )
+                fill = torch.zeros_like(fill)
+        set_fill(encoders, fill)
         encoders.requires_grad_(not self.freeze_encoders)
         self.policy = TSTPolicy(
             encoders, ctx.normalizer, self.num_ops, self.rbd_mode, self.temperature, self.ops
         )
 
     def require_policy(self) -> TSTPolicy:
+        if not self.fde:
+            raise DatakdError("tst with fde: false has no f_DE (the control arm); Stage II needs fde: true")
         if self.policy is None:
             raise DatakdError("the tst augmenter was used before setup()")
         return self.policy
 
     # ------------------------------------------------------------------ Stage III
     def forward(self, batch: Batch, ctx: StepContext) -> list[View]:
-        policy = self.require_policy()
-        with torch.no_grad():
-            augmented = policy(batch.images, random=True).to(batch.images.dtype)
+        if self.fde:
+            policy = self.require_policy()
+            with torch.no_grad():
+                augmented = policy(batch.images, random=True).to(batch.images.dtype)
+        else:
+            augmented = batch.images
         images = torch.cat([augmented, batch.images])
         labels = torch.cat([batch.labels, batch.labels])
         indices = torch.cat([batch.indices, batch.indices])

@@ -16,7 +16,12 @@ from datakd.checkpoint import atomic_save, load_checkpoint
 from datakd.errors import ConfigError, DatakdError, choice_error
 
 FILE_FORMAT = "datakd-tst-encoders"
-FILE_VERSION = 1
+# Version 2: spatial encoders fill uncovered pixels with black, as their Stage I targets do; version 1 filled
+# them with normalised 0 (the mean colour). Both load; `datakd tst fit` refits a version-1 file (its cache
+# key holds the version), and a run given a version-1 file keeps the fill it was fitted with.
+FILE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+FILLS = {1: "zero", 2: "black"}
 
 
 @dataclass
@@ -92,12 +97,17 @@ def load_encoders(path: str | Path) -> dict[str, Any]:
     payload = load_checkpoint(path)
     if payload.get("format") != FILE_FORMAT:
         raise DatakdError(f"{str(path)!r} is not a TST encoders file (written by `datakd tst fit`)")
-    if payload.get("version") != FILE_VERSION:
+    if payload.get("version") not in READABLE_VERSIONS:
         raise DatakdError(
             f"TST encoders file {str(path)!r} has version {payload.get('version')}, this datakd reads "
-            f"{FILE_VERSION}; fit it again"
+            f"{', '.join(map(str, READABLE_VERSIONS))}; fit it again"
         )
     return payload
+
+
+def fill_of(payload: dict[str, Any]) -> str:
+    """How the file's spatial encoders were fitted to fill uncovered pixels: "black" or "zero" (v1)."""
+    return str(payload.get("fill", FILLS[int(payload["version"])]))
 
 
 def check_compatible(

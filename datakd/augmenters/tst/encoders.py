@@ -3,9 +3,13 @@
 `SpatialEncoder` (f_STN, 55 parameters) regresses a 2×3 affine matrix from a learned code and the magnitude
 and warps the image with it; `ColorEncoder` (f_CN, 281 parameters at 3 channels) regresses one scale and one
 shift per sample, applies them to the non-padding pixels and mixes the result with a 5×5 convolution.
-Both work on normalised tensors. In "random mode" (Stage II/III) each sample also passes a relaxed-Bernoulli
-gate with its own logit (initialised at 0 and never trained, so it opens with probability 0.5): this is the
-per-sample randomness of f_DE in the authors' code.
+Both work on normalised tensors. A warp fills the pixels it uncovers with `SpatialEncoder.fill`: the
+normalised value of a black pixel, which is how Stage I's hand-made targets (uint8 ops, fill 0) fill them.
+(The authors' code pads the normalised tensor with 0, i.e. the mean colour, against black targets: then even
+the exact affine of a translation cannot reach its target. Encoders files of version 1 were fitted that
+way and keep that fill when loaded; `set_fill`.) In "random mode" (Stage II/III) each sample also passes a
+relaxed-Bernoulli gate with its own logit (initialised at 0 and never trained, so it opens with
+probability 0.5): this is the per-sample randomness of f_DE in the authors' code.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from datakd.augmenters.tst.ops import AFFINE_OPS, COLOR_OPS, MAGNITUDE_OPS
+from datakd.data.loaders import Normalizer
 from datakd.errors import ConfigError, choice_error
 
 GATE_TEMPERATURE = 0.05
@@ -39,7 +44,11 @@ def _magnitudes(m: torch.Tensor | float, batch: int, device: torch.device) -> to
 
 
 class SpatialEncoder(nn.Module):
-    """f_STN: A = Linear([H, m] + ε) as a 2×3 affine matrix (identity at init), then a bilinear warp."""
+    """f_STN: A = Linear([H, m] + ε) as a 2×3 affine matrix (identity at init), then a bilinear warp.
+
+    Uncovered pixels take `fill` (per channel, normalised; 0 until `set_fill`). It is a non-persistent
+    buffer: the encoders file stores which fill its fit used, so the 55 fitted parameters load unchanged.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -50,6 +59,11 @@ class SpatialEncoder(nn.Module):
             self.fc.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
         self.gate_logit = nn.Parameter(torch.zeros(1))
         self.register_buffer("identity", torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]).view(1, 2, 3))
+        self.register_buffer("fill", torch.zeros(1, 1, 1, 1), persistent=False)  # any channels
+
+    def set_fill(self, fill: torch.Tensor) -> None:
+        """The normalised value (1×C×1×1, or one per channel) that uncovered pixels take."""
+        self.fill = fill.detach().reshape(1, -1, 1, 1).to(self.fill)
 
     def matrix(self, m: torch.Tensor | float, batch: int, random: bool) -> torch.Tensor:
         """The per-sample B×2×3 affine matrices (gated towards identity in random mode)."""
@@ -66,7 +80,10 @@ class SpatialEncoder(nn.Module):
     def forward(self, x: torch.Tensor, m: torch.Tensor | float, random: bool = True) -> torch.Tensor:
         theta = self.matrix(m, x.shape[0], random).to(x.dtype)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        fill = self.fill.to(x.dtype)
+        # Warping x − fill with zero padding and adding fill back puts `fill` where the warp uncovers pixels.
+        warped = F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return warped + fill
 
 
 class ColorEncoder(nn.Module):
@@ -123,3 +140,15 @@ def make_encoder(op: str, channels: int) -> nn.Module:
 def make_encoders(channels: int) -> nn.ModuleDict:
     """One fresh meta-encoder per magnitude op, keyed by op name, in θ_m order."""
     return nn.ModuleDict({op: make_encoder(op, channels) for op in MAGNITUDE_OPS})
+
+
+def black_fill(normalizer: Normalizer, channels: int, device: torch.device) -> torch.Tensor:
+    """The normalised value of a black pixel (1×C×1×1): how the uint8 targets fill uncovered pixels."""
+    return normalizer(torch.zeros(1, channels, 1, 1, dtype=torch.uint8, device=device)).float()
+
+
+def set_fill(encoders: nn.ModuleDict, fill: torch.Tensor) -> None:
+    """Give every spatial encoder the fill of its fit."""
+    for encoder in encoders.values():
+        if isinstance(encoder, SpatialEncoder):
+            encoder.set_fill(fill)
