@@ -5,10 +5,12 @@
 #   bash benchmarks/evidence/gpu_run.sh DATA_ROOT OUTDIR REVISION [EVIDENCE_SECONDS [BENCH_SECONDS]]
 #
 # Default protocol (run.py's defaults: full-split teacher, 2,000-image student subset, 60 epochs, every
-# epoch tested on the 10,000 test images), the arms of the claims only (the diagnostic and non-claim arms
-# are cut first, as the issue says; iikd/iikd_pba are left out because the committed 2,000-image search
-# chose the empty schedule, so that claim is not testable), adaptive seeds up to 8. No run is launched in
-# the last 90 s of EVIDENCE_SECONDS; a run still going when it ends is killed and not counted.
+# epoch tested on the 10,000 test images), the arms of the claims and their controls (kd_tstloss,
+# kd_dpkloss; non-claim arms are cut first; iikd/iikd_pba need a search that can choose, README "Design"),
+# at the design's fixed seeds (10 on a GPU, arms.SEEDS_PER_CLAIM; no adaptive seeds, so no looks). Seed-major
+# order: a call cut by its time limit leaves every arm at the same seeds, and a second call with the same
+# OUTDIR runs the rest (finished runs skipped). About 130 runs: two calls of ~9 minutes on one H200.
+# No run is launched in the last 90 s of EVIDENCE_SECONDS; a run still going when it ends is killed.
 # Environment: DEVICE (cuda), JOBS (14), ARMS, EXTRA (more run.py flags; a CPU dry run uses them).
 set -u
 data="${1:?usage: gpu_run.sh DATA_ROOT OUTDIR REVISION [EVIDENCE_SECONDS [BENCH_SECONDS]]}"
@@ -17,7 +19,7 @@ rev="${3:?REVISION}"
 ev_seconds="${4:-410}"
 bench_seconds="${5:-110}"
 device="${DEVICE:-cuda}"
-arms="${ARMS:-ce,kd,kd_cutmix,tlcutmix,tlcutmix_pick,tst,tst_fixed,wsl,wsl_ckm,wsl_ckm_cheap,dpk,dpk_fixed}"
+arms="${ARMS:-ce,kd,kd_cutmix,tlcutmix,tlcutmix_pick,tst,tst_fixed,kd_tstloss,wsl,wsl_ckm_cheap,dpk,dpk_fixed,kd_dpkloss}"
 cd "$(dirname "$0")/../.."
 data="$(cd "$data" && pwd)"
 mkdir -p "$out"

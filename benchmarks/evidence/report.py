@@ -1,26 +1,51 @@
 """OUT/runs.csv in, RESULTS.md and the figure out: the arm table, the claims with their verdicts.
 
-Everything here reads only OUT/runs.csv and OUT/meta.json, so results brought back from another machine
-(without its checkpoints) are aggregated here with ``run.py --out OUT --aggregate-only``.
+Everything here reads only what a results folder holds (runs.csv, meta.json, looks.json, raw/), so results
+brought back from another machine (without checkpoints) are aggregated here, by one command:
+
+    python benchmarks/evidence/report.py --results DIR [--write RESULTS.md] [--figure evidence.png]
+
+Every verdict word comes from `stats.judge` (one function): a claim whose seeds were added after looking at
+it (meta.json "looks", or DIR/looks.json for runs made before looks were recorded) is judged at the Pocock
+level for its looks and says "after a look". A folder without runs.csv but with claims_diffs.csv (per-seed
+differences transcribed from an older RESULTS.md whose raw rows were lost) gets VERDICTS.md, claims only.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
+import gzip
 import json
 import math
+import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+if __name__ == "__main__":  # run as a script: the repository root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from benchmarks.evidence import arms as A
-from benchmarks.evidence.stats import Paired, paired
+from benchmarks.evidence.stats import (
+    Judged,
+    Paired,
+    judge,
+    paired,
+)
 from datakd.checkpoint import atomic_write_text
 
 FIELDS = (
     "arm", "seed", "top1_last", "top1_best", "train_top1", "wall_s", "images_per_sec", "git_revision",
-    "epochs", "train_size", "test_images", "device",
+    "epochs", "train_size", "test_images", "device", "device_hours",
 )  # fmt: skip
+# "Measurably moved": the largest change of any op's apply probability or magnitude between θ before the
+# first search and after the last, median over the TST runs. 0.05 is half a magnitude bin (bins are 0.1
+# wide) and a fifth of the range p_apply has under rbd_mode "code" (0.5 to 0.73); below it the searched
+# and the fixed f_DE are the same augmentation and TST > TST fixed is an A/A comparison.
+THETA_MOVED = 0.05
+POLICY = "tst_policy.csv"
 
 
 def write_json(values: dict[str, Any], path: Path) -> None:
@@ -37,14 +62,19 @@ def device_name(device: str) -> str:
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
-    """One finished run; the file is flushed at once so a benchmark cut by a timeout keeps its rows."""
+    """One finished run; the file is flushed at once so a benchmark cut by a timeout keeps its rows.
+    A file begun with fewer columns (an older runner) keeps its header."""
     new = not path.is_file()
+    fields = FIELDS
+    if not new:
+        with open(path, newline="") as handle:
+            fields = tuple(next(csv.reader(handle), FIELDS))
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS)
+        writer = csv.DictWriter(handle, fieldnames=fields)
         if new:
             writer.writeheader()
-        writer.writerow({k: row.get(k, "") for k in FIELDS})
+        writer.writerow({k: row.get(k, "") for k in fields})
         handle.flush()
 
 
@@ -120,37 +150,219 @@ def claim_results(rows: list[dict[str, Any]]) -> list[tuple[A.Claim, Paired]]:
     ]
 
 
-def _interval(p: Paired) -> str:
+# ------------------------------------------------------------------ looks and the TST gate
+def load_looks(out: Path, meta: dict[str, Any] | None = None) -> dict[str, list[int]]:
+    """Claim key → seeds at each interim look: meta.json's "looks" (the runner records them) and
+    DIR/looks.json (written by hand for runs made before looks were recorded), merged."""
+    if meta is None:
+        meta_file = out / "meta.json"
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    looks: dict[str, set[int]] = {k: set(v) for k, v in (meta.get("looks") or {}).items()}
+    file = out / "looks.json"
+    if file.is_file():
+        for key, seeds in json.loads(file.read_text())["looks"].items():
+            looks.setdefault(key, set()).update(seeds)
+    return {k: sorted(v) for k, v in looks.items()}
+
+
+def _read_text(path: Path) -> str:
+    if path.suffix != ".gz":
+        return path.read_text()
+    with gzip.open(path, "rt") as handle:
+        return handle.read()
+
+
+def policy_movement(text: str) -> float:
+    """The largest change of any op's p_apply or m between the first and the last θ of a tst_policy.csv."""
+    rows = list(csv.DictReader(text.splitlines()))
+    if not rows:
+        return 0.0
+    by_op: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        by_op.setdefault(row["op"], []).append(row)
+    moved = 0.0
+    for history in by_op.values():
+        for key in ("p_apply", "m"):
+            if history[0].get(key) not in (None, "") and history[-1].get(key) not in (None, ""):
+                moved = max(moved, abs(float(history[-1][key]) - float(history[0][key])))
+    return moved
+
+
+def theta_movement(out: Path, arm: str = "tst") -> list[float]:
+    """Per TST run with a recorded θ trajectory (raw/ARM-seedS/tst_policy.csv[.gz]): how far θ moved."""
+    paths = sorted((out / "raw").glob(f"{arm}-seed*/{POLICY}*"))
+    return [policy_movement(_read_text(path)) for path in paths]
+
+
+def theta_gate(out: Path | None) -> str:
+    """Why TST > TST fixed is not evaluated, or "" when the search measurably moved θ (THETA_MOVED)."""
+    moves = theta_movement(out) if out is not None else []
+    if not moves:
+        return "θ's trajectory (tst_policy.csv) was not recorded, so whether the search moved θ is unknown"
+    median = statistics.median(moves)
+    if median < THETA_MOVED:
+        return f"the search did not measurably move θ: median largest change {median:.3f} < {THETA_MOVED}"
+    return ""
+
+
+def judged_claims(
+    rows: list[dict[str, Any]], looks: dict[str, list[int]], gate: str = ""
+) -> list[tuple[A.Claim, Judged]]:
+    """Every claim both of whose arms ran, with its verdict under its design (`stats.judge`)."""
+    return [
+        (c, judge(p, tuple(looks.get(c.key, ())), c.at_least, gate if c.needs_theta_moved else ""))
+        for c, p in claim_results(rows)
+    ]
+
+
+def judged_from_diffs(diffs: dict[str, dict[int, float]], looks: dict[str, list[int]], gate: str = ""):
+    """The same, from per-seed differences only (claim key → seed → difference)."""
+    out = []
+    for claim in A.CLAIMS:
+        if claim.key in diffs:
+            p = paired(diffs[claim.key], dict.fromkeys(diffs[claim.key], 0.0))
+            reason = gate if claim.needs_theta_moved else ""
+            out.append((claim, judge(p, tuple(looks.get(claim.key, ())), claim.at_least, reason)))
+    return out
+
+
+def _interval(p: Paired | Judged) -> str:
     return "–" if p.low is None else f"[{p.low:+.2f}, {p.high:+.2f}]"
 
 
-def claims_table(rows: list[dict[str, Any]]) -> list[str]:
+def _boundary(j: Judged) -> str:
+    if not j.after_a_look:
+        return "fixed seeds"
+    looks = "→".join(map(str, j.looks))
+    return looks if j.low is None else f"{looks}: {1 - j.level:.1%} {_interval(j)}"
+
+
+def _shown(folder: Path | None) -> str:
+    """A results folder as the command that wrote it named it: relative to the repository if inside."""
+    if folder is None:
+        return "OUT"
+    try:
+        return folder.resolve().relative_to(A.HERE.parents[1]).as_posix()
+    except ValueError:
+        return str(folder)
+
+
+def claims_table(
+    rows: list[dict[str, Any]], looks: dict[str, list[int]] | None = None, gate: str = "",
+    judged: list[tuple[A.Claim, Judged]] | None = None,
+) -> list[str]:  # fmt: skip
     lines = [
-        "| claim | paper | seeds | per-seed difference | mean difference | 95 % t-interval | verdict |",
-        "|---|---|---|---|---|---|---|",
+        "| claim | paper | seeds | per-seed difference | mean difference | 95 % t-interval | looks: "
+        "interval at the boundary | verdict |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for claim, p in claim_results(rows):
+    judged = judged_claims(rows, looks or {}, gate) if judged is None else judged
+    for claim, j in judged:
+        p = j.paired
         diffs = ", ".join(f"{d:+.2f}" for d in p.diffs)
         lines.append(
             f"| {claim.name} (`{claim.better}` − `{claim.worse}`) | {claim.paper} | {p.n} | {diffs} | "
-            f"{p.mean:+.2f} | {_interval(p)} | **{p.verdict}** |"
+            f"{p.mean:+.2f} | {_interval(p)} | {_boundary(j)} | **{j.words}** |"
         )
-    ran = scores(rows)
+    ran, done = scores(rows), {c.key for c, _ in judged}
     for claim in A.CLAIMS:
+        if claim.key in done:
+            continue
         missing = [a for a in (claim.better, claim.worse) if a not in ran]
-        if missing:
-            lines.append(
-                f"| {claim.name} (`{claim.better}` − `{claim.worse}`) | {claim.paper} | 0 | – | – | – | "
-                f"**not run** (no runs of {', '.join(missing)}) |"
-            )
+        why = f"no runs of {', '.join(missing)}" if missing else "no paired seeds"
+        lines.append(
+            f"| {claim.name} (`{claim.better}` − `{claim.worse}`) | {claim.paper} | 0 | – | – | – | – | "
+            f"**not run** ({why}) |"
+        )
     return lines
 
 
-def claims_text(rows: list[dict[str, Any]]) -> str:
+def claims_text(rows: list[dict[str, Any]], looks: dict[str, list[int]] | None = None, gate: str = "") -> str:
     return "\n".join(
-        f"{c.name:<36} n={p.n}  {p.mean:+6.2f}  {_interval(p):<18} {p.verdict}"
-        for c, p in claim_results(rows)
+        f"{c.name:<36} n={j.paired.n}  {j.paired.mean:+6.2f}  {_interval(j.paired):<18} {j.words}"
+        for c, j in judged_claims(rows, looks or {}, gate)
     )
+
+
+# ------------------------------------------------------------------ EffDstl's cost, DPK's slopes
+def teacher_cost_saved(rows: list[dict[str, Any]], teachers: dict[str, Any]) -> list[str]:
+    """EffDstl's efficiency claim: what the cheap teacher saves, at the accuracy the claim states.
+
+    Measured: each run's device-hours (summary.json), paired by seed, WSL (the main teacher throughout)
+    minus WSL→CKM from the ResNet-8 (the cheap teacher until the switch). Estimated: the share of teacher
+    forward passes the cheap teacher serves (192/240 of training) × its cost relative to the main teacher,
+    from the two teachers' own training throughput (a forward pass costs the same share of a step).
+    """
+    main_arm, cheap_arm = "wsl", "wsl_ckm_cheap"
+    hours = scores([r for r in rows if r.get("device_hours") not in (None, "")], "device_hours")
+    lines = ["## EffDstl: teacher inference cost saved", ""]
+    if main_arm not in scores(rows) or cheap_arm not in scores(rows):
+        return [*lines, f"Not run (needs arms {main_arm} and {cheap_arm}).", ""]
+    if main_arm in hours and cheap_arm in hours:
+        p = paired(hours[main_arm], hours[cheap_arm])
+        seconds = p.mean * 3600
+        lines.append(
+            f"Measured device-hours per student run, `{main_arm}` − `{cheap_arm}` over {p.n} paired seeds: "
+            f"{p.mean:+.5f} h ({seconds:+.1f} s) 95 % {_interval(p)} h (several runs share the device, so "
+            "this is the runs' wall time, a cost indication)."
+        )
+    else:
+        lines.append("Measured device-hours: not recorded (runs.csv without device_hours: an older runner).")
+    main, cheap = teachers.get("main", {}), teachers.get("cheap", {})
+    if main.get("images_per_sec") and cheap.get("images_per_sec"):
+        share = A.WSL_CKM["events"][0]["at"] / A.RECIPE_EPOCHS
+        ratio = main["images_per_sec"] / cheap["images_per_sec"]
+        lines.append(
+            f"Estimated: the cheap teacher ({cheap.get('student')}) serves {share:.0%} of the teacher "
+            f"forward passes at {ratio:.2f}× the main teacher's ({main.get('student')}) cost per image "
+            f"(their training throughput), saving {share * (1 - ratio):.0%} of the teacher's inference cost."
+        )
+    return [*lines, ""]
+
+
+SIZE_ARMS = {"kd": {"weak": "kd_t14", "main": "kd", "large": "kd_t32"},
+             "dpk": {"weak": "dpk_t14", "main": "dpk", "large": "dpk_t32"}}  # fmt: skip
+
+
+def _slope(x: list[float], y: list[float]) -> float:
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    return sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
+
+
+def slope_difference(rows: list[dict[str, Any]], teachers: dict[str, Any]) -> Judged | None:
+    """DPK's "better teacher, better student": per seed, the least-squares slope of student top-1 against
+    teacher top-1 over the teacher sizes, DPK's minus KD's; the 95 % t-interval over seeds. None if fewer
+    than three teachers with distinct accuracies, or fewer than two seeds with every arm."""
+    top1 = scores(rows)
+    roles = [r for r in SIZE_ARMS["kd"] if teachers.get(r, {}).get("top1_last") is not None]
+    x = [float(teachers[r]["top1_last"]) for r in roles]
+    if len(roles) < 3 or len(set(x)) < 3:
+        return None
+    arms = [SIZE_ARMS[m][r] for m in SIZE_ARMS for r in roles]
+    if any(a not in top1 for a in arms):
+        return None
+    seeds = sorted(set.intersection(*(set(top1[a]) for a in arms)))
+    diffs = {
+        s: _slope(x, [top1[SIZE_ARMS["dpk"][r]][s] for r in roles])
+        - _slope(x, [top1[SIZE_ARMS["kd"][r]][s] for r in roles])
+        for s in seeds
+    }
+    return judge(paired(diffs, dict.fromkeys(diffs, 0.0)))
+
+
+def slope_section(rows: list[dict[str, Any]], teachers: dict[str, Any]) -> list[str]:
+    j = slope_difference(rows, teachers)
+    if j is None:
+        return []
+    p = j.paired
+    return [
+        "## DPK: better teacher, better student",
+        "",
+        "Per seed, the slope of student top-1 against teacher top-1 over three teacher sizes "
+        f"({', '.join(A.TEACHERS[r] for r in SIZE_ARMS['kd'])}), DPK's minus KD's (points of student per "
+        f"point of teacher): {p.mean:+.3f}, 95 % {_interval(p)} over {p.n} seeds: **{j.words}**.",
+        "",
+    ]
 
 
 def arm_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -198,8 +410,12 @@ def regime_check(rows: list[dict[str, Any]], teachers: dict[str, Any]) -> list[s
     ]
 
 
-def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], figure: str) -> str:
+def markdown(
+    rows: list[dict[str, Any]], meta: dict[str, Any], figure: str, out: Path | None = None, command: str = ""
+) -> str:
     proto = meta.get("protocol", {})
+    looks = load_looks(out, meta) if out is not None else dict(meta.get("looks") or {})
+    gate = theta_gate(out)
     teachers = meta.get("teachers", {})
     teacher_text = "; ".join(
         f"{role} {t.get('student')}: test top-1 {t.get('top1_last', float('nan')):.2f} "
@@ -220,7 +436,9 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], figure: str) -> s
     lines = [
         "# Evidence: the seed papers' claims on Fashion-MNIST",
         "",
-        "Written by `python benchmarks/evidence/run.py --out OUT --aggregate-only` from OUT/runs.csv of:",
+        f"Written by `{command or 'python benchmarks/evidence/report.py --results ' + _shown(out)}` from "
+        "the folder's runs.csv, "
+        "meta.json and looks.json; the runs came from:",
         "",
         "```",
         commands,
@@ -245,12 +463,15 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], figure: str) -> s
         "",
         "Per claim: the per-seed differences (first arm − second arm, last-epoch test top-1 points), their "
         "mean and 95 % Student-t interval. **reproduced**: the interval lies above 0; **contradicted**: "
-        "below 0; **inconclusive**: it contains 0 (no difference resolved at this many seeds). For a "
-        "'≥' claim, inconclusive means no difference was resolved, which is what '≥' predicts but does "
-        "not prove.",
+        "below 0; **no difference resolved**: it contains 0. Where seeds were added after looking at a "
+        "claim (*looks*: the seeds at each look), the verdict is the interval at the Pocock level for those "
+        "looks, and says **after a look** (`benchmarks/evidence/stats.py::judge`). TST > TST fixed is "
+        f"evaluated only if the search moved θ measurably (median largest change ≥ {THETA_MOVED}).",
         "",
-        *claims_table(rows),
+        *claims_table(rows, looks, gate),
         "",
+        *teacher_cost_saved(rows, meta.get("teachers", {})),
+        *slope_section(rows, meta.get("teachers", {})),
         "## Arms",
         "",
         "Mean ± sample std over seeds. *paired Δ vs KD* is the mean per-seed difference to KD over the "
@@ -263,7 +484,13 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], figure: str) -> s
     return "\n".join(lines)
 
 
-def figure(rows: list[dict[str, Any]], path: Path, teacher_top1: float | None = None) -> None:
+def figure(
+    rows: list[dict[str, Any]],
+    path: Path,
+    teacher_top1: float | None = None,
+    looks: dict[str, list[int]] | None = None,
+    gate: str = "",
+) -> None:
     """Left: per-seed dots and the mean per arm. Right: paired difference per claim with its 95 % interval."""
     import matplotlib
 
@@ -272,7 +499,7 @@ def figure(rows: list[dict[str, Any]], path: Path, teacher_top1: float | None = 
 
     top1 = scores(rows)
     arms = [a for a in A.ARMS if a in top1]
-    results = claim_results(rows)
+    results = [(c, j.paired, j.verdict) for c, j in judged_claims(rows, looks or {}, gate)]
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.4 * max(len(arms), len(results)) + 1.8))
     for i, arm in enumerate(arms):
         values = list(top1[arm].values())
@@ -286,18 +513,18 @@ def figure(rows: list[dict[str, Any]], path: Path, teacher_top1: float | None = 
     left.set_xlabel("test top-1, last epoch (%); dots: seeds, bar: mean")
     left.grid(axis="x", alpha=0.3)
     colours = {"reproduced": "tab:green", "contradicted": "tab:red", "inconclusive": "tab:gray"}
-    for i, (_, p) in enumerate(results):
+    for i, (_, p, verdict) in enumerate(results):
         right.scatter(p.diffs, [i] * p.n, s=10, color="tab:blue", alpha=0.5, zorder=2)
         if p.low is not None:
             right.errorbar(
                 [p.mean], [i], xerr=[[p.mean - p.low], [p.high - p.mean]], fmt="o",
-                color=colours[p.verdict], capsize=4, zorder=3,
+                color=colours.get(verdict, "tab:gray"), capsize=4, zorder=3,
             )  # fmt: skip
     right.axvline(0, color="black", lw=0.8)
-    right.set_yticks(range(len(results)), [f"{c.name} (n={p.n})" for c, p in results])
+    right.set_yticks(range(len(results)), [f"{c.name} (n={p.n})" for c, p, _ in results])
     right.invert_yaxis()
     right.set_xlabel("paired difference (points); dots: seeds; mean ± 95 % t-interval")
-    right.set_title("green: reproduced, red: contradicted, grey: inconclusive", fontsize=9)
+    right.set_title("95 % interval; colour: the verdict (green reproduced, red contradicted)", fontsize=9)
     right.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -312,9 +539,78 @@ def write(out: Path, results: Path, figure_path: Path) -> None:
     meta_file = out / "meta.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     teacher = meta.get("teachers", {}).get("main", {}).get("top1_last")
-    figure(rows, figure_path, teacher)
+    figure(rows, figure_path, teacher, load_looks(out, meta), theta_gate(out))
     try:
         rel = figure_path.resolve().relative_to(results.resolve().parent)
     except ValueError:
         rel = figure_path.resolve()
-    atomic_write_text(markdown(rows, meta, str(rel)), results)
+    command = f"python benchmarks/evidence/report.py --results {_shown(out)}"
+    if results.resolve() != (out / "RESULTS.md").resolve():
+        command += f" --write {_shown(results)}"
+    if figure_path.resolve() != results.resolve().with_name("evidence.png"):
+        command += f" --figure {_shown(figure_path)}"
+    atomic_write_text(markdown(rows, meta, str(rel), out, command), results)
+
+
+def read_diffs(path: Path) -> dict[str, dict[int, float]]:
+    """claims_diffs.csv (claim key, seed, diff; lines starting with # are notes) → key → seed → diff."""
+    lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    diffs: dict[str, dict[int, float]] = {}
+    for row in csv.DictReader(lines):
+        diffs.setdefault(row["claim"], {})[int(row["seed"])] = float(row["diff"])
+    return diffs
+
+
+def write_verdicts(folder: Path, path: Path) -> None:
+    """VERDICTS.md of a folder that kept only the claims' per-seed differences (its raw rows were lost)."""
+    source = folder / "claims_diffs.csv"
+    notes = [line[1:].strip() for line in source.read_text().splitlines() if line.startswith("#")]
+    judged = judged_from_diffs(read_diffs(source), load_looks(folder), theta_gate(folder))
+    lines = [
+        "# Verdicts restated under the design's boundary",
+        "",
+        f"Written by `python benchmarks/evidence/report.py --results {folder.as_posix()}` from "
+        "claims_diffs.csv and looks.json. " + " ".join(notes),
+        "",
+        *claims_table([], judged=judged),
+        "",
+    ]
+    atomic_write_text("\n".join(lines), path)
+
+
+def verdict_lines(judged: list[tuple[A.Claim, Judged]]) -> str:
+    """One line per claim, the words of RESULTS.md: for README.md and docs/results.md."""
+    return "\n".join(
+        f"- {c.name}: {j.paired.mean:+.2f} {_interval(j.paired)} ({j.paired.n} seeds): {j.words}"
+        for c, j in judged
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--results", required=True, help="a results folder (runs.csv + meta.json, or claims_diffs.csv)"
+    )
+    parser.add_argument("--write", help="the Markdown to write (default DIR/RESULTS.md, or DIR/VERDICTS.md)")
+    parser.add_argument("--figure", help="the PNG written with RESULTS.md (default next to it, evidence.png)")
+    args = parser.parse_args(argv)
+    folder = Path(args.results)
+    if not (folder / "runs.csv").is_file():
+        if not (folder / "claims_diffs.csv").is_file():
+            raise SystemExit(f"{folder} holds neither runs.csv nor claims_diffs.csv")
+        target = Path(args.write or folder / "VERDICTS.md")
+        write_verdicts(folder, target)
+        print(target.read_text())
+        return 0
+    target = Path(args.write or folder / "RESULTS.md")
+    write(folder, target, Path(args.figure or target.with_name("evidence.png")))
+    print(
+        verdict_lines(judged_claims(read_rows(folder / "runs.csv"), load_looks(folder), theta_gate(folder)))
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

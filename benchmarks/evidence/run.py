@@ -4,9 +4,14 @@ A ResNet-20 teacher trained on the **full** Fashion-MNIST training split (cached
 ResNet-8 students on a fixed class-balanced 2,000-image subset for 60 epochs, evaluated on the full 10,000
 test images (last-epoch top-1). Every arm (`arms.ARMS`) runs the same seeds; a seed fixes the student's
 initialisation and data order, so two arms' runs with one seed are paired. Each claim (`arms.CLAIMS`) gets
-the paired difference, its 95 % t-interval and a verdict; the arms of an inconclusive claim get more seeds
-(up to --max-seeds) before the verdict is written. Results go to OUT/runs.csv (one row per finished run,
-appended as it finishes) and, with the figure, to benchmarks/evidence/RESULTS.md.
+the paired difference, its 95 % t-interval and a verdict (`stats.judge`). The design is fixed before any
+run: the seeds are the protocol's (`arms.SEEDS_PER_CLAIM`: 10 on a GPU, 8 on the CPU). `--adaptive` adds
+seeds to claims still inconclusive at their first seeds; then every such look is recorded in meta.json and
+the verdict spends its 5 % over the looks (a Pocock boundary) and says "after a look".
+
+Results go to OUT/runs.csv (one row per finished run, appended as it finishes), OUT/meta.json, and OUT/raw/
+(per run: summary.json, metrics.csv.gz and TST's tst_policy.csv.gz): a results folder from which
+`python benchmarks/evidence/report.py --results OUT` writes RESULTS.md and the figure.
 
     python benchmarks/evidence/run.py --data-root ../shared/data/fashion-mnist --out runs/evidence
     python benchmarks/evidence/run.py --data-root DIR --out OUT --arms kd,tlcutmix --seeds 0,1 \\
@@ -21,6 +26,7 @@ processes at once on one GPU; `--deadline-minutes` stops launching runs when tim
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import platform
@@ -50,13 +56,16 @@ from benchmarks.evidence.stats import INCONCLUSIVE, paired  # noqa: E402
 from datakd.sweep import SweepRun, command_for, plan, run_finished, run_state  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fashion-mnist"
-# Rough cost of one run relative to KD (CPU measurements of benchmarks/fmnist): the dearest start first
-# in each wave so the slowest runs do not trail at the end.
+# Rough cost of one run relative to KD (CPU measurements of the first fmnist benchmark): the dearest start
+# first in each wave so the slowest runs do not trail at the end. TST's search passes are a full split long.
 COST = {
     "tlcutmix_pick": 3,
     "dpk": 3,
     "dpk_fixed": 3,
-    "tst": 3,
+    "dpk_t14": 3,
+    "dpk_t32": 3.5,
+    "tst": 4,
+    "kd_tstloss": 2,
     "tst_fixed": 2.5,
     "iikd": 2,
     "iikd_pba": 2,
@@ -212,6 +221,18 @@ class Runner:
         model, _ = load_model(str(run.run_dir / "last.pt"), bundle.num_classes, None)
         return evaluate(model, eval_loader(cfg.data, bundle, make_normalizer(bundle, device), device))["top1"]
 
+    def keep_raw(self, arm: str, run: SweepRun) -> None:
+        """The run's summary.json, per-epoch metrics.csv and TST's θ trajectory into OUT/raw/ARM-seedS/
+        (CSV gzipped): the results folder then holds every number RESULTS.md rests on."""
+        raw = self.out / "raw" / f"{arm}-seed{run.seed}"
+        raw.mkdir(parents=True, exist_ok=True)
+        shutil.copy(run.run_dir / "summary.json", raw / "summary.json")
+        for name in ("metrics.csv", report.POLICY):
+            source = run.run_dir / name
+            if source.is_file():
+                with open(source, "rb") as src, gzip.open(raw / f"{name}.gz", "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+
     def record(self, arm: str, run: SweepRun, wall: float | None) -> dict[str, Any]:
         import torch
 
@@ -232,11 +253,9 @@ class Runner:
             "train_size": self.proto.train_size,
             "test_images": self.proto.test_size or "full",
             "device": summary["device"],
+            "device_hours": summary.get("device_hours", ""),
         }
-        metrics = run.run_dir / "metrics.csv"
-        if metrics.is_file():
-            (self.out / "metrics").mkdir(parents=True, exist_ok=True)
-            shutil.copy(metrics, self.out / "metrics" / f"{arm}-seed{run.seed}.csv")
+        self.keep_raw(arm, run)
         with self.lock:
             report.append_row(self.out / "runs.csv", row)
             self.save_meta()
@@ -290,6 +309,9 @@ class Runner:
                     extra = [i for i in adaptive_seeds(rows, *adaptive) if i not in scheduled]
                     if extra:
                         print(f"adaptive seeds: {len(extra)} more runs for inconclusive claims", flush=True)
+                        with self.lock:  # the look that added them: the verdict must spend 5 % over it
+                            record_looks(self.meta, looks_behind(rows, adaptive, extra))
+                            self.save_meta()
                         queue.extend(extra)
                         scheduled.update(extra)
                         total[0] += len(extra)
@@ -312,6 +334,23 @@ def record_teachers(meta: dict[str, Any], teachers: dict[str, Path]) -> None:
     )
 
 
+def looks_behind(
+    rows: list[dict[str, Any]], adaptive: Adaptive, extra: list[tuple[str, int]]
+) -> dict[str, int]:
+    """The looks that scheduled `extra`: the inconclusive claims whose arms got new seeds."""
+    arms = {arm for arm, _ in extra}
+    looked = adaptive_looks(rows, adaptive[0], adaptive[1])
+    return {c.key: looked[c.key] for c in A.CLAIMS if c.key in looked and {c.better, c.worse} & arms}
+
+
+def record_looks(meta: dict[str, Any], looks: dict[str, int]) -> None:
+    """Add one look (claim key → seeds both arms had when it was seen) to meta.json's "looks"."""
+    for key, n in looks.items():
+        seen = meta.setdefault("looks", {}).setdefault(key, [])
+        if n not in seen:
+            seen.append(n)
+
+
 def teacher_roles(arms: list[str]) -> list[str]:
     """The teachers these arms need: the main one (every switch ends there) and each arm's own."""
     return ["main", *sorted({A.ARMS[a].get("teacher_role", "main") for a in arms} - {"main"})]
@@ -327,23 +366,34 @@ def ordered(arms: list[str], seeds: list[int]) -> list[tuple[str, int]]:
 Adaptive = tuple[list[str], list[int], int]
 
 
-def adaptive_seeds(
-    rows: list[dict[str, Any]], arms: list[str], first: list[int], max_seeds: int
-) -> list[tuple[str, int]]:
-    """Seeds 0..max_seeds−1 for both arms of every claim that is inconclusive on its first seeds.
+def adaptive_looks(rows: list[dict[str, Any]], arms: list[str], first: list[int]) -> dict[str, int]:
+    """The claims looked at and found inconclusive on their first seeds: claim key → seeds seen.
 
     A claim is judged once both its arms have finished all `first` seeds (a claim whose arm failed a
     first seed is never extended).
     """
     scores = report.scores(rows)
-    extra: set[tuple[str, int]] = set()
+    looked: dict[str, int] = {}
     for claim in A.CLAIMS:
         if claim.better not in arms or claim.worse not in arms:
             continue
         better, worse = scores.get(claim.better, {}), scores.get(claim.worse, {})
         if not set(first) <= set(better) & set(worse):
             continue
-        if paired(better, worse).verdict == INCONCLUSIVE:
+        result = paired(better, worse)
+        if result.verdict == INCONCLUSIVE:
+            looked[claim.key] = result.n
+    return looked
+
+
+def adaptive_seeds(
+    rows: list[dict[str, Any]], arms: list[str], first: list[int], max_seeds: int
+) -> list[tuple[str, int]]:
+    """Seeds 0..max_seeds−1 for both arms of every claim that is inconclusive on its first seeds."""
+    scores = report.scores(rows)
+    extra: set[tuple[str, int]] = set()
+    for claim in A.CLAIMS:
+        if claim.key in adaptive_looks(rows, arms, first):
             for arm in (claim.better, claim.worse):
                 extra |= {(arm, s) for s in range(max_seeds) if s not in scores.get(arm, {})}
     return [item for item in ordered(sorted({a for a, _ in extra}), list(range(max_seeds))) if item in extra]
@@ -372,9 +422,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--work", help="teachers, run folders and checkpoints (default OUT/work)")
     p.add_argument("--arms", default=",".join(A.ARMS), help=f"any of {', '.join(A.ARMS)}")
-    p.add_argument("--seeds", default=",".join(map(str, A.SEEDS)), help="first seeds of every arm")
+    p.add_argument(
+        "--seeds",
+        help=f"seeds of every arm (default: the design's, {A.SEEDS_PER_CLAIM} by device; with --adaptive "
+        f"{','.join(map(str, A.SEEDS))} first)",
+    )
+    p.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="add seeds (up to --max-seeds) to claims inconclusive at their first seeds; each look is "
+        "recorded and the verdict pays for it (Pocock boundary)",
+    )
     p.add_argument("--max-seeds", type=int, default=A.MAX_SEEDS, help="seeds of an inconclusive claim's arms")
-    p.add_argument("--no-adaptive", action="store_true", help="do not add seeds to inconclusive claims")
+    p.add_argument("--no-adaptive", action="store_true", help="the default (kept for older commands)")
     p.add_argument("--epochs", type=int, default=A.EPOCHS, help=f"student epochs ({A.EPOCHS})")
     p.add_argument("--teacher-epochs", type=int, default=A.TEACHER_EPOCHS)
     p.add_argument("--train-size", type=int, default=A.TRAIN_SIZE, help="student subset (class-balanced)")
@@ -406,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines survive a run cut by a timeout
     if args.smoke:
-        args.arms, args.seeds, args.no_adaptive = ",".join(A.SMOKE_ARMS), "0", True
+        args.arms, args.seeds, args.adaptive = ",".join(A.SMOKE_ARMS), "0", False
         args.epochs, args.teacher_epochs, args.train_size = 2, 1, 300
         args.teacher_size, args.test_size = args.teacher_size or 500, args.test_size or 500
     out = Path(args.out).resolve()
@@ -421,7 +481,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(arms) - set(A.ARMS))
     if unknown:
         raise SystemExit(f"--arms: unknown arm(s) {', '.join(unknown)}; choose from {', '.join(A.ARMS)}")
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    adaptive = args.adaptive and not args.no_adaptive
+    if args.seeds is None:
+        seeds = list(A.SEEDS) if adaptive else A.design_seeds(args.device)
+    else:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if args.epochs < 2:
         raise SystemExit(
             f"--epochs {args.epochs}: needs at least 2 (WSL→CKM switches teacher before the end)"
@@ -453,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     invocation = {
         "command": "python benchmarks/evidence/run.py " + shlex.join(sys.argv[1:]),
         "started": runner.started,
+        # The design this invocation ran: fixed seeds, or first seeds + looks (recorded as they happen).
+        "design": {"seeds": seeds, "adaptive": adaptive, "max_seeds": args.max_seeds if adaptive else None},
     }
     meta["invocations"].append(invocation)
     runner.meta, runner.invocation = meta, invocation
@@ -465,10 +531,11 @@ def main(argv: list[str] | None = None) -> int:
     runner.prepare(teacher_roles(arms), bool({"tst", "tst_fixed"} & set(arms)))
     record_teachers(meta, runner.teachers)
     runner.save_meta()
-    runner.execute(ordered(arms, seeds), None if args.no_adaptive else (arms, seeds, args.max_seeds))
+    runner.execute(ordered(arms, seeds), (arms, seeds, args.max_seeds) if adaptive else None)
     runner.save_meta()
     print(f"evidence: done in {invocation['wall_s']:.0f} s; {len(runner.failed)} failed runs", flush=True)
-    print(report.claims_text(report.read_rows(out / "runs.csv")), flush=True)
+    rows = report.read_rows(out / "runs.csv")
+    print(report.claims_text(rows, report.load_looks(out, meta), report.theta_gate(out)), flush=True)
     return 1 if runner.failed else 0
 
 
