@@ -71,7 +71,7 @@ def test_recipes_match_their_generator(tmp_path, monkeypatch):
 
 def test_fashion_mnist_rolewise_files_load_and_their_schedules_replay():
     """The Stage-α/β Fashion-MNIST recipes and schedules that docs/methods/rolewise.md measures."""
-    folder = REPO / "benchmarks" / "fmnist" / "rolewise"
+    folder = REPO / "benchmarks" / "rolewise"  # moved from the retired benchmarks/fmnist
     student = load_config(folder / "student_w4a4.yaml")
     assert student.student.name == "resnet8@w4a4" and "iikd" in student.loss
     assert load_config(folder / "teacher.yaml").student.name == "resnet20"
