@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from datakd.data.base import DatasetBundle, register_dataset, require_root
-from datakd.errors import DatakdError, choice_error
+from datakd.errors import ConfigError, DatakdError, choice_error
 
 SPLITS = {"train": "train2017", "val": "val2017"}
 # How far (pixels) a box may reach outside its image before it is an error; it is clipped afterwards.
@@ -418,8 +418,15 @@ def coco(
     scale_range: list[float] | None = None,
     crop_size: int | list[int] | None = None,
     cache: bool | None = None,
+    area_scale: float = 1.0,
 ) -> DatasetBundle:
-    """COCO 2017 instances (train2017 / val2017 as test); K contiguous labels 1..K, masks on request."""
+    """COCO 2017 instances (train2017 / val2017 as test); K contiguous labels 1..K, masks on request.
+
+    `area_scale` multiplies COCO's small/medium/large area limits (32², 96² px) in evaluation, for images
+    much smaller than COCO's (the 96-px test bed uses 0.25: limits at 16² and 48² px).
+    """
+    if not (isinstance(area_scale, int | float) and not isinstance(area_scale, bool) and area_scale > 0):
+        raise ConfigError(f"coco option area_scale must be a positive number, got {area_scale!r}")
     if download:
         raise DatakdError("coco is read from a local COCO 2017 root; download it and pass --data-root DIR")
     path = require_root("coco", root)
@@ -439,6 +446,7 @@ def coco(
         extra={
             "task": "detection",
             "category_ids": dict(train.category_ids),
+            "area_scale": float(area_scale),
             "masks": bool(masks),
             "loader": loader_options(scale_range=scale_range, crop_size=crop_size, cache=cache),
         },
