@@ -83,6 +83,38 @@ def positional_embedding(tokens: int, dim: int) -> nn.Parameter:
     return nn.Parameter(weight)
 
 
+def sincos_2d_embedding(
+    rows: int,
+    cols: int,
+    dim: int,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Fixed 2-D sine-cosine positional embedding (MAE's), 1×(rows·cols)×d in row-major token order.
+
+    The first half of the width encodes the row index, the second half the column index, each as
+    [sin(p·ω_i), cos(p·ω_i)] with ω_i = 10000^(−i/(d/4)). Nothing is learned per grid size, so it serves
+    maps whose size changes from batch to batch (detection FPN levels); a token keeps its embedding when
+    the grid grows to the right or bottom.
+    """
+    if dim % 4:
+        raise DatakdError(
+            f"dpk: a 2-D sine-cosine positional embedding needs a width divisible by 4, got {dim}"
+        )
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    r, c = torch.meshgrid(
+        torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64), indexing="ij"
+    )
+
+    def encode(positions: torch.Tensor) -> torch.Tensor:
+        angles = positions.reshape(-1, 1) * omega
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    table = torch.cat([encode(r), encode(c)], dim=1)
+    return table.to(device=device, dtype=dtype).unsqueeze(0)
+
+
 def init_vit_weights(module: nn.Module) -> None:
     """ViT/MAE initialisation: Xavier-uniform linear and patch weights, zero biases, unit LayerNorms."""
     for m in module.modules():

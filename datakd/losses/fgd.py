@@ -14,6 +14,7 @@ at the first step. Every value can be overridden.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -73,9 +74,9 @@ class FGDLevel(nn.Module):
         self.gc_teacher = GlobalContext(teacher_channels)
 
 
-def _non_negative(name: str, value: float | None) -> float | None:
+def _non_negative(name: str, value: float | None, prefix: str = "fgd") -> float | None:
     if value is not None and (isinstance(value, bool) or not value >= 0):
-        raise ConfigError(f"fgd.{name} must be a number >= 0, got {value!r}")
+        raise ConfigError(f"{prefix}.{name} must be a number >= 0, got {value!r}")
     return value
 
 
@@ -84,6 +85,9 @@ class FGD(LossTerm):
     """FGD (Yang et al. 2022): focal (fg/bg, attention-weighted) and global (GcBlock) feature distillation."""
 
     tasks = ("detection",)
+    #: (α, β, γ, λ, T) by preset name, and the option prefix of error messages (subclasses change both).
+    presets: ClassVar[dict[str, tuple[float, float, float, float, float]]] = PRESETS
+    option_prefix: ClassVar[str] = "fgd"
 
     def __init__(
         self,
@@ -97,18 +101,19 @@ class FGD(LossTerm):
         mask_scale: str = "unpadded",
     ) -> None:
         super().__init__()
-        if preset != "auto" and preset not in PRESETS:
-            raise choice_error("fgd.preset", preset, (*PRESETS, "auto"), ConfigError)
+        prefix = self.option_prefix
+        if preset != "auto" and preset not in self.presets:
+            raise choice_error(f"{prefix}.preset", preset, (*self.presets, "auto"), ConfigError)
         if mask_scale not in MASK_SCALES:
-            raise choice_error("fgd.mask_scale", mask_scale, MASK_SCALES, ConfigError)
+            raise choice_error(f"{prefix}.mask_scale", mask_scale, MASK_SCALES, ConfigError)
         if temperature is not None and (isinstance(temperature, bool) or not temperature > 0):
-            raise ConfigError(f"fgd.temperature must be positive, got {temperature!r}")
+            raise ConfigError(f"{prefix}.temperature must be positive, got {temperature!r}")
         self.preset = preset
         self.overrides = (
-            _non_negative("alpha_fg", alpha_fg),
-            _non_negative("beta_bg", beta_bg),
-            _non_negative("gamma_att", gamma_att),
-            _non_negative("lambda_rel", lambda_rel),
+            _non_negative("alpha_fg", alpha_fg, prefix),
+            _non_negative("beta_bg", beta_bg, prefix),
+            _non_negative("gamma_att", gamma_att, prefix),
+            _non_negative("lambda_rel", lambda_rel, prefix),
             temperature,
         )
         self.levels = level_names(levels)
@@ -117,7 +122,7 @@ class FGD(LossTerm):
 
     def setup(self, ctx: SetupContext) -> None:
         # Default levels: P2-P5 of an R-CNN FPN, P3-P7 of RetinaNet/FCOS, i.e. all but R-CNN's "pool".
-        pairs = paired_levels(ctx, self.term_name or "fgd", self.levels, exclude=("pool",))
+        pairs = paired_levels(ctx, self.term_name or self.option_prefix, self.levels, exclude=("pool",))
         self.levels = [level for level, _, _ in pairs]
         self.level_modules = nn.ModuleDict({level: FGDLevel(s[0], t[0]) for level, s, t in pairs})
         self.student_taps = [FPN_PREFIX + level for level in self.levels]
@@ -128,14 +133,19 @@ class FGD(LossTerm):
         preset = self.preset
         if preset == "auto":
             if family not in FAMILY_PRESET:
-                raise choice_error("detector family for fgd's preset", family, FAMILY_PRESET, ConfigError)
+                raise choice_error(
+                    f"detector family for {self.option_prefix}'s preset", family, FAMILY_PRESET, ConfigError
+                )
             preset = FAMILY_PRESET[family]
-        base = PRESETS[preset]
+        base = self.presets[preset]
         return tuple(b if o is None else float(o) for b, o in zip(base, self.overrides))  # type: ignore[return-value]
 
     def forward(self, inputs: TermInputs) -> torch.Tensor:
         if not self.level_modules:
-            raise ConfigError("fgd was not set up (its align convs and GC blocks are built from FPN shapes)")
+            raise ConfigError(
+                f"{self.option_prefix} was not set up (its align convs and GC blocks are built from FPN "
+                "shapes)"
+            )
         outputs = inputs.student_outputs
         alpha, beta, gamma, lam, temperature = self.hyper_parameters(outputs.get("family"))
         boxes = [t["boxes"] for t in outputs["targets"]]
@@ -146,19 +156,20 @@ class FGD(LossTerm):
         parts: dict[str, torch.Tensor] = {}
         total = None
         for level, module in self.level_modules.items():
-            fs, ft = level_features(inputs, level)
-            fs, ft = module.align(fs).float(), ft.detach().float()
+            raw, ft = level_features(inputs, level)
+            fs, ft = module.align(raw).float(), ft.detach().float()
             if fs.shape != ft.shape:
                 raise ConfigError(
-                    f"fgd: FPN level {level!r} is {tuple(fs.shape)} for the (aligned) student and "
-                    f"{tuple(ft.shape)} for the teacher"
+                    f"{self.option_prefix}: FPN level {level!r} is {tuple(fs.shape)} for the (aligned) "
+                    f"student and {tuple(ft.shape)} for the teacher"
                 )
+            focal = self.focal_features(inputs, level, raw, fs, ft)
             fg, bg = FF.box_masks(boxes, sizes, (ft.shape[-2], ft.shape[-1]))
             spatial_t, channel_t = FF.attention(ft, temperature)
             spatial_s, channel_s = FF.attention(fs, temperature)
             losses = {
-                "fg": FF.focal_feature_loss(fs, ft, fg.to(fs), spatial_t, channel_t),
-                "bg": FF.focal_feature_loss(fs, ft, bg.to(fs), spatial_t, channel_t),
+                "fg": FF.focal_feature_loss(focal, ft, fg.to(fs), spatial_t, channel_t),
+                "bg": FF.focal_feature_loss(focal, ft, bg.to(fs), spatial_t, channel_t),
                 "att": FF.attention_loss(spatial_s, spatial_t, channel_s, channel_t),
                 "rel": FF.relation_loss(module.gc_student(fs).float(), module.gc_teacher(ft).float()),
             }
@@ -169,5 +180,12 @@ class FGD(LossTerm):
             for key, value in losses.items():
                 parts[key] = value.detach() + parts.get(key, 0.0)
         for key, value in parts.items():
-            inputs.log(f"{self.term_name or 'fgd'}_{key}", value)
+            inputs.log(f"{self.term_name or self.option_prefix}_{key}", value)
         return total
+
+    def focal_features(
+        self, inputs: TermInputs, level: str, raw: torch.Tensor, aligned: torch.Tensor, teacher: torch.Tensor
+    ) -> torch.Tensor:
+        """The map the foreground/background terms compare with the teacher's: FGD's aligned student map
+        (a hook, so that FGD + DPK can put its hybrid features here instead, paper 004 Eq. 9)."""
+        return aligned
