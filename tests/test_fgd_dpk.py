@@ -276,3 +276,60 @@ def test_fgd_dpk_trains_inside_a_real_detection_run_and_plots_pi_per_level(run: 
     pytest.importorskip("matplotlib")
     assert main(["plot", "dpk", str(run), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "dpk.png").stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------------------------------ recipes
+REPO = Path(__file__).resolve().parents[1]
+TABLE4 = {  # paper 004 Table 4, mAP: (teacher, student, FGD, FGD + DPK)
+    "retinanet_r101-retinanet_r50": (38.9, 37.4, 39.6, 39.7),
+    "retinanet_r152-retinanet_r50": (39.9, 37.4, 39.7, 40.2),
+    "retinanet_r101-retinanet_r18": (38.9, 33.1, 34.7, 35.8),
+    "fasterrcnn_r101-fasterrcnn_r50": (39.9, 38.4, 40.4, 40.6),
+    "fasterrcnn_r152-fasterrcnn_r50": (41.6, 38.4, 40.5, 41.2),
+    "fasterrcnn_r101-fasterrcnn_r18": (39.9, 33.8, 36.0, 36.7),
+}
+COCO_LEVELS = {  # FPN levels at an 800×1216 image: RetinaNet P3-P7, Faster R-CNN P2-P5 (+ pool)
+    "retinanet": {"0": (100, 152), "1": (50, 76), "2": (25, 38), "p6": (13, 19), "p7": (7, 10)},
+    "fasterrcnn": {"0": (200, 304), "1": (100, 152), "2": (50, 76), "3": (25, 38), "pool": (13, 19)},
+}
+
+
+@pytest.mark.parametrize("folder", sorted(TABLE4))
+def test_table4_recipes_carry_the_schedule_the_reference_and_build(folder: str) -> None:
+    from datakd.config import load_config
+    from datakd.models.registry import get_entry
+
+    detector = folder.split("_")[0]
+    _, _, fgd_map, dpk_map = TABLE4[folder]
+    for arm, paper_map in (("fgd", fgd_map), ("fgd_dpk", dpk_map)):
+        cfg = load_config(REPO / "recipes" / "coco" / "dpk" / folder / f"{arm}.yaml")
+        assert (cfg.task, cfg.data.dataset, cfg.epochs, cfg.data.batch_size) == ("detection", "coco", 24, 16)
+        assert (cfg.optim.name, cfg.optim.momentum, cfg.optim.weight_decay) == ("sgd", 0.9, 1e-4)
+        assert cfg.optim.lr == (0.02 if detector == "fasterrcnn" else 0.01)
+        assert cfg.schedule.milestones == [16, 22] and cfg.schedule.warmup_epochs > 0
+        for model in (cfg.student.name, cfg.teacher.name):
+            assert model.startswith(detector) and get_entry(model).family == "detection"
+        ref = cfg.reference
+        assert (ref["paper"], ref["table"], ref["map"]) == ("004", 4, paper_map)
+        assert (ref["teacher_map"], ref["student_map"], ref["fgd_map"], ref["fgd_dpk_map"]) == TABLE4[folder]
+        assert set(cfg.loss) == {"detector", arm}
+    # The DPK term builds on COCO-sized levels with one patch per level (one token per 64×64 px).
+    (term,) = build_terms({"fgd_dpk": {k: v for k, v in cfg.loss["fgd_dpk"].items() if k != "weight"}})
+    shapes = {f"fpn.{k}": (256, *hw) for k, hw in COCO_LEVELS[detector].items()}
+    ctx = setup_ctx({"student": shapes, "teacher": shapes})
+    ctx.batch_size = cfg.data.batch_size
+    term.setup(ctx)
+    strides = [8, 16, 32, 64, 128] if detector == "retinanet" else [4, 8, 16, 32]
+    assert [m.patch for m in term.transforms.values()] == [max(1, 64 // s) for s in strides]
+
+
+def test_the_testbed_recipe_uses_the_tiny_teacher_and_nano_student() -> None:
+    from datakd.config import load_config
+
+    cfg = load_config(REPO / "recipes" / "testbed" / "retinanet_fgd_dpk.yaml")
+    assert cfg.teacher.name.endswith("_tiny") and cfg.student.name.endswith("_nano")
+    assert set(cfg.loss) == {"detector", "fgd_dpk"} and cfg.loss["fgd_dpk"]["width"] <= 128
+    baseline = load_config(REPO / "recipes" / "testbed" / "retinanet_fgd.yaml")
+    for part in ("data", "optim", "schedule", "teacher", "student"):
+        assert getattr(cfg, part) == getattr(baseline, part), part
+    assert cfg.epochs == baseline.epochs

@@ -1,4 +1,5 @@
-"""DPK's training curves (paper Fig. 7/8): per-stage CKA and mask ratio π, epoch means from metrics.csv."""
+"""DPK's training curves (paper Fig. 7/8): CKA and mask ratio π per stage (classification) or per FPN level
+(fgd_dpk, detection), epoch means from metrics.csv."""
 
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ def plot_dpk(run_dir: Path, out: Path) -> list[Path]:
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, kind, title in (
-        (axes[0], "cka", "CKA(student, teacher) per stage (Fig. 7)"),
-        (axes[1], "pi", "mask ratio π per stage (Fig. 8)"),
+        (axes[0], "cka", "CKA(student, teacher) per stage or FPN level (Fig. 7)"),
+        (axes[1], "pi", "mask ratio π per stage or FPN level (Fig. 8)"),
     ):
         for key in columns[kind]:
             points = [(r["epoch"], r[key]) for r in rows if key in r]
