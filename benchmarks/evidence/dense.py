@@ -1,0 +1,293 @@
+"""Evidence on the scenes test bed: does it separate a teacher from a student, and do the detection and
+segmentation baselines beat the plain student at paired seeds?
+
+The test bed (`datakd data scenes`: 96-px canvases of Fashion-MNIST objects, COCO and Cityscapes layouts) is
+generated into OUT/bed. A detection teacher and a segmentation teacher are trained once (seed 0); then
+every student arm runs the protocol's seeds, fixed here before any run (`SEEDS`): a seed fixes the
+student's initialisation and data order, so two arms' runs with one seed are paired. Arms are the
+shipped test-bed recipes (recipes/testbed) with the protocol's epochs. Claims (`CLAIMS`) get the paired
+difference of the last-epoch metric (COCO mAP, mIoU), its 95 % t-interval and the verdict of
+benchmarks/evidence/stats.judge, the one verdict function.
+
+    python benchmarks/evidence/dense.py --fmnist ../shared/data/fashion-mnist --out runs/dense-evidence
+    python benchmarks/evidence/dense.py --out OUT --report-only          # RESULTS.md from OUT/runs.csv
+    python benchmarks/evidence/dense.py --fmnist DIR --out OUT --smoke   # the pipeline in about a minute
+
+Reruns skip finished runs and resume killed ones (`--resume auto`). Two runs at a time on this 2-core CPU
+(one thread each); `--jobs N --device cuda` on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import run_logged, write_yaml  # noqa: E402
+from benchmarks.evidence.stats import judge, paired  # noqa: E402
+from datakd.sweep import run_finished  # noqa: E402
+
+RECIPES = ROOT / "recipes" / "testbed"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Sizes fixed before any run; `cpu` is the background protocol of this 2-core machine."""
+
+    train: int
+    val: int
+    teacher_epochs: int
+    student_epochs: int
+    seeds: int
+
+
+PROTOCOLS = {
+    "cpu": Protocol(train=2000, val=500, teacher_epochs=36, student_epochs=12, seeds=3),
+    "gpu": Protocol(train=2000, val=500, teacher_epochs=48, student_epochs=24, seeds=5),
+    "smoke": Protocol(train=24, val=8, teacher_epochs=1, student_epochs=1, seeds=2),
+}
+# role -> (task, teacher recipe, metric column of summary.json)
+TEACHERS = {
+    "detection": ("retinanet_teacher.yaml", "map"),
+    "segmentation": ("pspnet_teacher.yaml", "miou"),
+}
+# arm -> (task, recipe)
+ARMS = {
+    "det_student": ("detection", "retinanet_student.yaml"),
+    "det_kd": ("detection", "retinanet_kd.yaml"),
+    "det_mimic": ("detection", "retinanet_mimic.yaml"),
+    "det_fgd": ("detection", "retinanet_fgd.yaml"),
+    "seg_student": ("segmentation", "pspnet_student.yaml"),
+    "seg_kd": ("segmentation", "pspnet_seg_kd.yaml"),
+}
+# (better, worse, claim text): the baselines' claims of their papers, on the test bed
+CLAIMS = (
+    ("det_kd", "det_student", "det_kd > plain student (RetinaNet, mAP)"),
+    ("det_mimic", "det_student", "mimic > plain student (RetinaNet, mAP)"),
+    ("det_fgd", "det_student", "FGD > plain student (RetinaNet, mAP)"),
+    ("seg_kd", "seg_student", "seg_kd > plain student (PSPNet, mIoU)"),
+)
+COLUMNS = (
+    "arm",
+    "seed",
+    "task",
+    "metric_last",
+    "metric_best",
+    "ap50_last",
+    "epochs",
+    "wall_seconds",
+    "run_dir",
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--fmnist", default=str(ROOT.parent / "shared" / "data" / "fashion-mnist"))
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu")
+    parser.add_argument("--smoke", action="store_true", help="the smoke protocol (same as --protocol smoke)")
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of " + ",".join(ARMS))
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--report-only", action="store_true")
+    return parser.parse_args(argv)
+
+
+def recipe_for(recipe: str, out: Path, epochs: int, seed: int, device: str, extra: dict[str, Any]) -> Path:
+    """The shipped test-bed recipe with the protocol's epochs, seed and paths."""
+    values = yaml.safe_load((RECIPES / recipe).read_text())
+    values["epochs"] = epochs
+    values["seed"] = seed
+    values["device"] = device
+    values["quiet"] = True
+    values.setdefault("engine", {})["tensorboard"] = False
+    values.update(extra)
+    return write_yaml(values, out / "recipe.yaml")
+
+
+def train(cmd_mode: str, recipe: Path, run_dir: Path, bed: Path, threads: int, extra: list[str]) -> int:
+    cmd = [sys.executable, "-m", "datakd", cmd_mode, "--config", str(recipe), "--data-root", str(bed)]
+    cmd += ["--out", str(run_dir), "--resume", "auto", *extra]
+    return run_logged(cmd, run_dir.parent / f"{run_dir.name}.log", threads)
+
+
+def summary_row(arm: str, seed: int, task: str, metric: str, run_dir: Path) -> dict[str, Any]:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {
+        "arm": arm,
+        "seed": seed,
+        "task": task,
+        "metric_last": summary[f"{metric}_last"],
+        "metric_best": summary[f"{metric}_best"],
+        "ap50_last": summary.get("ap50_last"),
+        "epochs": summary["epochs"],
+        "wall_seconds": round(summary["wall_seconds"], 1),
+        "run_dir": str(run_dir),
+    }
+
+
+def run(args: argparse.Namespace) -> Path:
+    proto = PROTOCOLS["smoke" if args.smoke else args.protocol]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bed = out / "bed"
+    if not (bed / "MANIFEST.sha256").is_file():
+        from datakd.data.dense.scenes import generate_scenes
+
+        generate_scenes(args.fmnist, bed, train=proto.train, val=proto.val, overwrite=bed.exists())
+    threads = 1 if args.device == "cpu" else 2
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        raise SystemExit(f"unknown arms {unknown}; valid: {', '.join(ARMS)}")
+    tasks = {ARMS[a][0] for a in arms}
+    teachers: dict[str, Path] = {}
+    started = time.time()
+
+    def train_teacher(task: str) -> tuple[str, Path]:
+        recipe, _ = TEACHERS[task]
+        run_dir = out / "teachers" / task
+        if not run_finished(run_dir):
+            path = recipe_for(
+                recipe, out / "recipes" / f"teacher-{task}", proto.teacher_epochs, 0, args.device, {}
+            )
+            code = train("train", path, run_dir, bed, threads, [])
+            if code != 0:
+                raise SystemExit(f"teacher {task} failed with exit {code}; see {run_dir}.log")
+        return task, run_dir / "last.pt"
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        teachers.update(pool.map(train_teacher, sorted(tasks)))
+    jobs = [(arm, seed) for seed in range(proto.seeds) for arm in arms]
+
+    def train_student(job: tuple[str, int]) -> tuple[str, int, int]:
+        arm, seed = job
+        task, recipe = ARMS[arm]
+        run_dir = out / "runs" / f"{arm}-seed{seed}"
+        if run_finished(run_dir):
+            return arm, seed, 0
+        path = recipe_for(
+            recipe, out / "recipes" / f"{arm}-seed{seed}", proto.student_epochs, seed, args.device, {}
+        )
+        mode = "train" if arm.endswith("student") else "distill"
+        extra = [] if mode == "train" else ["--teacher-checkpoint", str(teachers[task])]
+        return arm, seed, train(mode, path, run_dir, bed, threads, extra)
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for arm, seed, code in pool.map(train_student, jobs):
+            print(f"{arm} seed {seed}: {'ok' if code == 0 else f'exit {code}'}", flush=True)
+    rows = []
+    for arm, seed in jobs:
+        run_dir = out / "runs" / f"{arm}-seed{seed}"
+        if run_finished(run_dir):
+            task = ARMS[arm][0]
+            rows.append(summary_row(arm, seed, task, TEACHERS[task][1], run_dir))
+    for task in sorted(tasks):
+        run_dir = out / "teachers" / task
+        rows.append(summary_row(f"teacher_{task}", 0, task, TEACHERS[task][1], run_dir))
+    with open(out / "runs.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    meta = {
+        "protocol": args.protocol if not args.smoke else "smoke",
+        "sizes": proto.__dict__,
+        "device": args.device,
+        "jobs": args.jobs,
+        "wall_seconds_this_invocation": round(time.time() - started, 1),
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def read_rows(out: Path) -> list[dict[str, Any]]:
+    with open(out / "runs.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row["seed"] = int(row["seed"])
+        for key in ("metric_last", "metric_best", "ap50_last"):
+            row[key] = float(row[key]) if row[key] not in ("", "None") else None
+    return rows
+
+
+def report(out: Path) -> str:
+    """RESULTS.md: the teacher-student gap and every claim's verdict, from OUT/runs.csv alone."""
+    rows = read_rows(out)
+    meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").is_file() else {}
+    by_arm: dict[str, dict[int, float]] = {}
+    for row in rows:
+        if row["metric_last"] is not None:
+            by_arm.setdefault(row["arm"], {})[row["seed"]] = row["metric_last"]
+    lines = [
+        "# Scenes test bed: detection and segmentation evidence",
+        "",
+        f"Protocol `{meta.get('protocol', '?')}`: {meta.get('sizes', {})}; last-epoch metric "
+        "(COCO mAP × 100 with area ranges × 0.25, mIoU %) on the test bed's validation split; written by "
+        "`python benchmarks/evidence/dense.py --out OUT --report-only`.",
+        "",
+        "## Arms (mean ± std over seeds, last epoch)",
+        "",
+        "| arm | seeds | last | best |",
+        "|---|---|---|---|",
+    ]
+    for arm in sorted(by_arm):
+        values = list(by_arm[arm].values())
+        best = [r["metric_best"] for r in rows if r["arm"] == arm and r["metric_best"] is not None]
+        lines.append(f"| {arm} | {len(values)} | {_mean_std(values)} | {_mean_std(best)} |")
+    lines += ["", "## Teacher − student gap (teacher: one run, seed 0)", ""]
+    for task, student in (("detection", "det_student"), ("segmentation", "seg_student")):
+        teacher = by_arm.get(f"teacher_{task}", {}).get(0)
+        students = list(by_arm.get(student, {}).values())
+        if teacher is None or not students:
+            continue
+        gap = teacher - sum(students) / len(students)
+        lines.append(f"- {task}: teacher {teacher:.2f}, plain student {_mean_std(students)}: gap {gap:+.2f}")
+    lines += ["", "## Claims (paired by seed, seeds fixed before the runs)", ""]
+    lines += ["| claim | seeds | mean difference | 95 % interval | verdict |", "|---|---|---|---|---|"]
+    for better, worse, text in CLAIMS:
+        if better not in by_arm or worse not in by_arm:
+            continue
+        judged = judge(paired(by_arm[better], by_arm[worse]))
+        interval = "–" if judged.low is None else f"[{judged.low:+.2f}, {judged.high:+.2f}]"
+        lines.append(
+            f"| {text} | {judged.paired.n} | {judged.paired.mean:+.2f} | {interval} | {judged.words} |"
+        )
+    text = "\n".join(lines) + "\n"
+    (out / "RESULTS.md").write_text(text)
+    return text
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return f"{mean:.2f}"
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    out = Path(args.out)
+    if not args.report_only:
+        run(args)
+    print(report(out))
+
+
+if __name__ == "__main__":
+    main()
