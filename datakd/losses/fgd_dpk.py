@@ -146,8 +146,9 @@ def _positive_int(name: str, value: object) -> int:
 
 @register_loss("fgd_dpk")
 class FGDDPK(FGD):
-    """FGD + DPK (Zong et al. 2023, Eq. 9): FGD whose fg/bg terms compare the teacher with DPK's hybrid
-    features (π = 1 − CKA per FPN level, or fixed)."""
+    """FGD + DPK (Zong et al. 2023, Eq. 9): FGD's fg/bg terms on DPK's hybrid features, π = 1 − CKA per level.
+
+    The teacher is compared with F^h instead of the aligned student map; π may also be fixed."""
 
     presets = DPK_PRESETS
     option_prefix = "fgd_dpk"
