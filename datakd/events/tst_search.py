@@ -3,8 +3,9 @@
 The split of work: the ``tst`` augmenter owns θ (its `TSTPolicy`) and applies it every step (Stage III);
 this event drives Stage II. At the start of each epoch in `at` it runs `epochs` passes over the training
 loader, each step one `search_step` (α·CE(teacher(x̂)) + β·(−log(1 − p_S(y|x̂)))) on a fresh SGD over θ
-with ALRS decaying its lr after each pass. The Stage II settings (α, β, lr, momentum, clipping, ALRS) stay
-options of the augmenter, where the recipes set them.
+with ALRS decaying its lr after each pass (detection and segmentation: the augmenter's `dense_search_loss`,
+the bounded Eq. 2 form of `datakd.augmenters.tst.dense`). The Stage II settings (α, β, lr, momentum,
+clipping, ALRS) stay options of the augmenter, where the recipes set them.
 
 Everything a call has done so far (its pass and step, SGD and ALRS state, loss sums) and the policy log
 are this event's state, saved in every checkpoint; with `engine.checkpoint_every_iters` a checkpoint is
@@ -33,7 +34,7 @@ from datakd.api import distributed as D
 from datakd.api.run import RunControl
 from datakd.augmenters.tst.augmenter import POLICY_FILE, TSTAugmenter, write_policy_csv
 from datakd.augmenters.tst.policy import TSTPolicy
-from datakd.augmenters.tst.search import ALRS, frozen_student, parameter_list, search_step
+from datakd.augmenters.tst.search import ALRS, frozen_student, parameter_list, search_step, search_update
 from datakd.errors import ConfigError, DatakdError, NonFiniteLossError
 from datakd.events.base import StageEvent, epoch_list, register_event
 
@@ -167,18 +168,27 @@ class TSTSearch(StageEvent):
         for batch in self._batches(trainer, epoch, k, state["step"]):
             if state["step"] >= steps:
                 break
-            loss = search_step(
-                policy,
-                student,
-                trainer.teacher,
-                batch.images,
-                batch.labels,
-                optimizer,
-                augmenter.alpha,
-                augmenter.beta,
-                augmenter.clip_grad_norm,
-                trainer.autocast,
-            )
+            if augmenter.task == "classification":
+                loss = search_step(
+                    policy,
+                    student,
+                    trainer.teacher,
+                    batch.images,
+                    batch.labels,
+                    optimizer,
+                    augmenter.alpha,
+                    augmenter.beta,
+                    augmenter.clip_grad_norm,
+                    trainer.autocast,
+                )
+            else:  # detection / segmentation: the task's objective (datakd.augmenters.tst.dense)
+                objective, parts = augmenter.dense_search_loss(
+                    batch, student, trainer.teacher, trainer.autocast
+                )
+                search_update(objective, optimizer, augmenter.clip_grad_norm)
+                loss = objective.detach()
+                for name, value in parts.items():
+                    trainer.meters.add(f"tst_search_{name}", value)
             if trainer.cfg.engine.nan_guard and not torch.isfinite(loss).item():
                 raise NonFiniteLossError(
                     f"TST Stage II loss became {float(loss):.4g} at epoch {epoch + 1} pass {k + 1} "

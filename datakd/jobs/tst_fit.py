@@ -16,7 +16,8 @@ f_DE then spends probability on an op that cannot change an image.
 
 The fitted encoders go into one file together with a content hash of the fitting settings and the data's
 identity (dataset, options, image geometry, normalisation, a digest of the images), so `datakd tst fit`
-re-uses a file whose hash matches instead of fitting again. The file also stores, per op, the seconds spent
+re-uses a file whose hash matches instead of fitting again. A detection or segmentation dataset is fitted on
+square crops of its training images (`dense_as_images`). The file also stores, per op, the seconds spent
 and the MSE on a fixed batch before and after fitting (and of doing nothing), so its quality is on record.
 """
 
@@ -98,7 +99,10 @@ def prepare_data(data_cfg: DataConfig, fit: FitConfig, device: torch.device) -> 
         cfg = replace(cfg, image_size=fit.image_size)
     bundle, _ = load_dataset(cfg, fit.seed)
     n = _subset_size(fit.subset, len(bundle.train)) or data_cfg.train_subset
-    if n:
+    if bundle.extra.get("task", "classification") != "classification":
+        bundle = dense_as_images(bundle, n, cfg.image_size, fit.seed)
+        cfg = replace(cfg, loader="auto", augment="default", options=dict(cfg.options))
+    elif n:
         bundle = replace(bundle, train=take_subset(bundle.train, n, fit.seed))
     normalizer = make_normalizer(bundle, device)
     loader = train_loader(cfg, bundle, normalizer, device, fit.seed)
@@ -123,6 +127,30 @@ def prepare_data(data_cfg: DataConfig, fit: FitConfig, device: torch.device) -> 
         "content_sha1": _content_digest(bundle),
     }
     return FitData(loader, normalizer, eval_images, identity, device)
+
+
+def dense_as_images(bundle: DatasetBundle, n: int | None, size: int, seed: int) -> DatasetBundle:
+    """A detection/segmentation split as in-memory size×size crops (shorter side resized to `size`, centre
+    crop; `n` images drawn with `seed`, else all): the encoders imitate image ops, which need no targets,
+    and their affine matrices are in normalised coordinates, so a fit at `size` serves any image size."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from datakd.data.file_loader import decode
+
+    split = bundle.train
+    paths = [r.path for r in split.records] if hasattr(split, "records") else list(split.images)
+    order = torch.arange(len(paths))
+    if n:
+        order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    crops = [
+        TF.center_crop(TF.resize(decode(paths[i]), [size], antialias=True), [size, size])
+        for i in order.tolist()
+    ]
+    arrays = ImageArrays(torch.stack(crops), torch.zeros(len(crops), dtype=torch.int64))
+    extra = {**bundle.extra, "task": "classification"}
+    return replace(
+        bundle, train=arrays, test=arrays, image_size=(size, size), default_augment="crop_flip", extra=extra
+    )
 
 
 def content_hash(fit: FitConfig, identity: dict[str, Any]) -> str:

@@ -9,6 +9,12 @@ settings (α, β, lr, momentum, clipping, ALRS) are options of this augmenter, w
 
 ``fde: false`` is the control that isolates f_DE: the same 2B batch [x ‖ x] and the same loss, with f_DE
 replaced by the identity (no encoders, no Stage II), so TST − control measures what f_DE's images add.
+
+Detection and segmentation (the run's task, read in `setup`): f_DE is the one-affine module of App. D.1
+(`TSTPolicy.apply_one_affine`, Eqs. 6–8) and the view is [f_DE(x) ‖ x] with the targets warped by Â
+(`datakd.augmenters.tst.dense`, `geometry`): boxes/masks of detection (objects below `min_visible` or
+thinner than `min_box_size` px dropped, the fraction logged as ``tst_dropped_objects``), label maps of
+segmentation (nearest, 255 from outside). Stage II's objective for these tasks is `dense_search_loss`.
 """
 
 from __future__ import annotations
@@ -24,12 +30,20 @@ import torch
 
 from datakd.api.context import SetupContext, StepContext, View
 from datakd.augmenters.base import Augmenter, register_augmenter
+from datakd.augmenters.tst.dense import (
+    DenseAugmented,
+    augment_detection,
+    augment_segmentation,
+    detection_search_loss,
+    segmentation_search_loss,
+)
 from datakd.augmenters.tst.encoder_file import FitConfig, check_compatible, fill_of, load_encoders
 from datakd.augmenters.tst.encoders import black_fill, make_encoders, set_fill
+from datakd.augmenters.tst.geometry import MIN_SIZE, MIN_VISIBLE
 from datakd.augmenters.tst.ops import MAGNITUDE_OPS, OPS
 from datakd.augmenters.tst.policy import RBD_MODES, TSTPolicy
 from datakd.checkpoint import atomic_write_text
-from datakd.data.loaders import Batch
+from datakd.data.loaders import Batch, Normalizer
 from datakd.errors import ConfigError, DatakdError, choice_error
 
 POLICY_FILE = "tst_policy.csv"
@@ -41,6 +55,7 @@ class TSTAugmenter(Augmenter):
     """TST (seed 000): learnable f_DE over 14 sub-policies; each step trains on [f_DE(x) ‖ x]."""
 
     view_names = ("main",)
+    tasks = ("classification", "detection", "segmentation")
 
     def __init__(
         self,
@@ -61,9 +76,18 @@ class TSTAugmenter(Augmenter):
         alrs_decay: float = 0.9,
         fit: dict[str, Any] | None = None,
         fde: bool = True,
+        min_visible: float = MIN_VISIBLE,
+        min_box_size: float = MIN_SIZE,
     ) -> None:
         super().__init__()
         self.fde = fde
+        if isinstance(min_visible, bool) or not 0 <= min_visible <= 1:
+            raise ConfigError(f"tst.min_visible must be a fraction in [0, 1], got {min_visible!r}")
+        if isinstance(min_box_size, bool) or not min_box_size > 0:
+            raise ConfigError(f"tst.min_box_size must be a positive number of pixels, got {min_box_size!r}")
+        self.min_visible, self.min_box_size = float(min_visible), float(min_box_size)
+        self.task = "classification"  # the run's task, set in setup
+        self.normalizer: Normalizer | None = None
         if rbd_mode not in RBD_MODES:
             raise choice_error("tst.rbd_mode", rbd_mode, RBD_MODES, ConfigError)
         for name in ops or []:
@@ -100,9 +124,12 @@ class TSTAugmenter(Augmenter):
 
     # ------------------------------------------------------------------ setup
     def setup(self, ctx: SetupContext) -> None:
+        self.task = str(ctx.extra.get("task", "classification"))
+        self.normalizer = ctx.normalizer
         if not self.fde:  # the control: [x ‖ x], nothing to load
             return
-        channels = int(ctx.sample_images.shape[1])
+        sample = ctx.sample_images
+        channels = int(sample[0].shape[0] if isinstance(sample, (list, tuple)) else sample.shape[1])
         encoders = make_encoders(channels)
         fill = black_fill(ctx.normalizer, channels, ctx.device)
         if self.prior and self.encoders_path:
@@ -140,6 +167,8 @@ class TSTAugmenter(Augmenter):
 
     # ------------------------------------------------------------------ Stage III
     def forward(self, batch: Batch, ctx: StepContext) -> list[View]:
+        if self.task != "classification":
+            return self._dense_forward(batch, ctx)
         if self.fde:
             policy = self.require_policy()
             with torch.no_grad():
@@ -150,6 +179,66 @@ class TSTAugmenter(Augmenter):
         labels = torch.cat([batch.labels, batch.labels])
         indices = torch.cat([batch.indices, batch.indices])
         return [View("main", images, labels, indices=indices)]
+
+    def _dense_forward(self, batch: Batch, ctx: StepContext) -> list[View]:
+        """[f_DE(x) ‖ x] for detection / segmentation, targets warped with Â."""
+        if self.fde:
+            with torch.no_grad():
+                aug = self.augment_dense(batch)
+            if aug.objects:
+                ctx.log("tst_dropped_objects", aug.dropped / aug.objects, aug.objects)
+        else:
+            aug = DenseAugmented(batch.images, batch.labels, batch.annotations)
+        indices = torch.cat([batch.indices, batch.indices])
+        if self.task == "detection":
+            assert batch.annotations is not None and aug.annotations is not None
+            images = [*aug.images, *batch.images]
+            return [
+                View(
+                    "main", images, None, indices=indices, annotations=[*aug.annotations, *batch.annotations]
+                )
+            ]
+        assert isinstance(aug.images, torch.Tensor) and batch.labels is not None and aug.labels is not None
+        images = torch.cat([aug.images, batch.images])
+        return [View("main", images, torch.cat([aug.labels, batch.labels]), indices=indices)]
+
+    def augment_dense(self, batch: Batch, random: bool = True) -> DenseAugmented:
+        """One random one-affine f_DE pass over a dense batch, with its targets (differentiable in θ)."""
+        policy = self.require_policy()
+        draw = policy.sample()
+        if self.task == "detection":
+            if batch.annotations is None or self.normalizer is None:
+                raise DatakdError("tst: a detection batch without annotations, or used before setup()")
+            return augment_detection(
+                policy,
+                list(batch.images),
+                batch.annotations,
+                self.normalizer,
+                draw,
+                random,
+                self.min_visible,
+                self.min_box_size,
+            )
+        if batch.labels is None or not isinstance(batch.images, torch.Tensor):
+            raise DatakdError("tst: a segmentation batch needs N×C×H×W images and N×H×W label maps")
+        return augment_segmentation(policy, batch.images, batch.labels, draw, random)
+
+    # ------------------------------------------------------------------ Stage II (dense tasks)
+    def dense_search_loss(
+        self, batch: Batch, student: torch.nn.Module, teacher: torch.nn.Module, autocast: Any
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Stage II's objective on one dense batch (`datakd.augmenters.tst.dense`), differentiable in θ."""
+        aug = self.augment_dense(batch)
+        if self.task == "detection":
+            assert aug.annotations is not None and isinstance(aug.images, list)
+            return detection_search_loss(
+                student, teacher, aug.images, aug.annotations, self.alpha, self.beta, autocast
+            )
+        assert isinstance(aug.images, torch.Tensor) and aug.labels is not None
+        with autocast():
+            s_out, t_out = _seg_logits(student(aug.images)), _seg_logits(teacher(aug.images))
+        loss = segmentation_search_loss(s_out.float(), t_out.float(), aug.labels, self.alpha, self.beta)
+        return loss, {}
 
     # ------------------------------------------------------------------ policy log
     def policy_rows(
@@ -178,6 +267,11 @@ class TSTAugmenter(Augmenter):
                 }
             )
         return rows
+
+
+def _seg_logits(out: Any) -> torch.Tensor:
+    """The decode head's N×K×H×W logits of a segmentation model's output."""
+    return out["out"] if isinstance(out, dict) else out
 
 
 def write_policy_csv(rows: list[dict[str, Any]], path: Path) -> None:

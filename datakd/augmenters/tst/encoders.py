@@ -78,12 +78,20 @@ class SpatialEncoder(nn.Module):
         return theta
 
     def forward(self, x: torch.Tensor, m: torch.Tensor | float, random: bool = True) -> torch.Tensor:
-        theta = self.matrix(m, x.shape[0], random).to(x.dtype)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        fill = self.fill.to(x.dtype)
-        # Warping x − fill with zero padding and adding fill back puts `fill` where the warp uncovers pixels.
-        warped = F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        return warped + fill
+        return warp(x, self.matrix(m, x.shape[0], random), self.fill)
+
+
+def warp(
+    x: torch.Tensor, theta: torch.Tensor, fill: torch.Tensor | float = 0.0, mode: str = "bilinear"
+) -> torch.Tensor:
+    """Affine warp of N×C×H×W by B×2×3 matrices (output → input, normalised coordinates, align_corners
+    False), uncovered pixels set to `fill`: the one warp of f_STN, of f_DE's Â (dense tasks) and of their
+    targets (masks and label maps with mode "nearest"), so images and targets cannot disagree."""
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    fill = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
+    # Warping x − fill with zero padding and adding fill back puts `fill` where the warp uncovers pixels.
+    warped = F.grid_sample(x - fill, grid, mode=mode, padding_mode="zeros", align_corners=False)
+    return warped + fill
 
 
 class ColorEncoder(nn.Module):

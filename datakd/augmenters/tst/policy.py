@@ -23,8 +23,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from datakd.augmenters.tst.encoders import relaxed_bernoulli
-from datakd.augmenters.tst.ops import FIXED_OPS, MAGNITUDE_OPS, OPS, apply_pixel_op, cutout_mask, op_index
+from datakd.augmenters.tst.encoders import relaxed_bernoulli, warp
+from datakd.augmenters.tst.ops import (
+    AFFINE_OPS,
+    FIXED_OPS,
+    MAGNITUDE_OPS,
+    OPS,
+    apply_pixel_op,
+    cutout_mask,
+    op_index,
+)
 from datakd.data.loaders import Normalizer
 from datakd.errors import ConfigError, choice_error
 
@@ -133,6 +141,29 @@ class TSTPolicy(nn.Module):
             magnitude = draw.magnitudes[op] if op < NUM_MAGNITUDE_OPS else None
             out = out + gate.to(x.dtype) * (self.op_output(x, op, magnitude, random) - x)
         return out
+
+    def apply_one_affine(
+        self, x: torch.Tensor, draw: Draw, random: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dense tasks (App. D.1): returns (x̂, Â). The drawn affine ops merge into one matrix,
+        Â = I + Σ_i p_i (A_i − I) (Eq. 6), x̂_a = Affine(Â, x) (Eq. 7), and the other drawn ops are summed
+        on top of x̂_a as in Eq. 5, x̂ = x̂_a + Σ_j p_j (f_j(x̂_a, m_j) − x̂_a) (Eq. 8). One warp, so each
+        object stays one object, and Â (B×2×3, output → input) is what the targets follow."""
+        batch = x.shape[0]
+        identity = torch.eye(2, 3, dtype=torch.float32, device=x.device).expand(batch, 2, 3)
+        merged = identity
+        for gate, op in zip(draw.gates, draw.ops):
+            if OPS[op] in AFFINE_OPS:
+                matrix = self.encoders[OPS[op]].matrix(draw.magnitudes[op], batch, random)
+                merged = merged + gate * (matrix - identity)
+        fill = next((self.encoders[name].fill for name in AFFINE_OPS if name in self.encoders), 0.0)
+        out = warp(x, merged, fill) if merged is not identity else x
+        base = out
+        for gate, op in zip(draw.gates, draw.ops):
+            if OPS[op] not in AFFINE_OPS:
+                magnitude = draw.magnitudes[op] if op < NUM_MAGNITUDE_OPS else None
+                out = out + gate.to(x.dtype) * (self.op_output(base, op, magnitude, random) - base)
+        return out, merged
 
     def forward(self, x: torch.Tensor, random: bool = True) -> torch.Tensor:
         return self.apply(x, self.sample(), random)

@@ -80,6 +80,12 @@ def search_step(
         s_logits = student(x_hat)
         t_logits = teacher(x_hat)
     loss = tst_search_loss(s_logits, t_logits, labels, alpha, beta)
+    search_update(loss, optimizer, clip_grad_norm)
+    return loss.detach()
+
+
+def search_update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, clip_grad_norm: float | None) -> None:
+    """One SGD step of θ on a Stage II loss (any task's objective), θ's gradient averaged over ranks."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -91,7 +97,6 @@ def search_step(
     if clip_grad_norm:
         nn.utils.clip_grad_norm_(params, clip_grad_norm)
     optimizer.step()
-    return loss.detach()
 
 
 class frozen_student:
