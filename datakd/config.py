@@ -46,6 +46,10 @@ class DataConfig:
     # Seed of the validation hold-out and the subsets (default: the run seed), so runs with different
     # seeds can share one split (e.g. the members of a population-based search).
     split_seed: int | None = None
+    # Draw `train_subset` from the whole training split first (the same images as a run without
+    # `val_size`) and hold `val_size` out of the images it left: the validation split then never
+    # overlaps the subset (a search that validates on images its subset-trained students never see).
+    val_outside_subset: bool = False
     # Dataset-specific options (e.g. fashion-mnist: pad_to_32, rgb).
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -166,12 +170,14 @@ class RunConfig:
         return values
 
 
-# (key path, default) of the keys that joined RunConfig with the detection/segmentation tasks.
+# (key path, default) of the keys that joined RunConfig after the recipe digests were frozen (the
+# detection/segmentation tasks, then the PBA search's validation split outside the student subset).
 ADDED_KEYS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("task",), "classification"),
     (("student", "init_neck_head"), False),
     (("teacher", "init_neck_head"), False),
     (("schedule", "power"), 0.9),
+    (("data", "val_outside_subset"), False),
 )
 
 

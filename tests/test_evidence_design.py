@@ -172,6 +172,15 @@ def test_each_control_differs_from_kd_only_in_weights_and_batch_composition(tmp_
     assert {"tst-kd_tstloss", "dpk-kd_dpkloss", "tst-kd", "dpk-kd"} <= claims
 
 
+def test_role_wise_arms_differ_only_in_their_schedule(tmp_path: Path) -> None:
+    # II-KD with vs without the searched student schedule: only the PBA augmenter.
+    assert _under(_diff("iikd_pba", "iikd", tmp_path), ("augmenter",)) == set()
+    # The student with its own vs with the teacher's schedule: only the schedule file.
+    assert _diff("iikd_pba", "iikd_pba_teacher_schedule", tmp_path) == {"augmenter.schedule"}
+    claims = {c.key for c in A.CLAIMS}
+    assert {"iikd_pba-iikd", "iikd_pba-iikd_pba_teacher_schedule"} <= claims
+
+
 def test_effdstl_claim_is_the_papers_with_the_cheap_teacher() -> None:
     main = next(c for c in A.CLAIMS if c.name == "WSL→CKM > WSL")
     assert (main.better, main.worse, main.at_least) == ("wsl_ckm_cheap", "wsl", False)

@@ -48,6 +48,7 @@ def arm_config(
     out: Path,
     train_size: int = A.TRAIN_SIZE,
     schedule: Path = A.SCHEDULE_FILE,
+    teacher_schedule: Path = A.TEACHER_SCHEDULE_FILE,
 ) -> dict[str, Any]:
     """One arm's student recipe: the shared config, its teacher, then the arm's own loss/augmenter/events."""
     spec = copy.deepcopy(spec)
@@ -66,6 +67,7 @@ def arm_config(
             "checkpoint": None if checkpoint is None else str(checkpoint),
         }
     text = json.dumps(spec).replace("{out}", str(out)).replace("{schedule}", str(schedule))
+    text = text.replace("{teacher_schedule}", str(teacher_schedule))
     text = text.replace("{teacher:main}", str(teachers.get("main")))
     values.update(json.loads(text))
     return values

@@ -70,6 +70,7 @@ COST = {
     "iikd": 2,
     "iikd_pba": 2,
     "iikd_pba_ops": 2,
+    "iikd_pba_teacher_schedule": 2,
 }
 
 
@@ -195,6 +196,7 @@ class Runner:
                     self.work,
                     train_size=self.proto.train_size,
                     schedule=Path(self.args.schedule).resolve(),
+                    teacher_schedule=Path(self.args.teacher_schedule).resolve(),
                 )
             )
             path = write_yaml(values, self.out / "recipes" / f"{arm}.yaml")
@@ -448,6 +450,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--deadline-minutes", type=float, help="launch no run after this many minutes")
     p.add_argument("--schedule", default=str(A.SCHEDULE_FILE), help="student PBA schedule of arm iikd_pba")
+    p.add_argument(
+        "--teacher-schedule",
+        default=str(A.TEACHER_SCHEDULE_FILE),
+        help="teacher PBA schedule of arm iikd_pba_teacher_schedule",
+    )
     p.add_argument("--revision", help="git revision to record (default: git rev-parse of this checkout)")
     p.add_argument("--results", default=str(A.HERE / "RESULTS.md"), help="where --aggregate-only writes")
     p.add_argument("--figure", default=str(A.HERE / "evidence.png"), help="the PNG written with RESULTS.md")
@@ -493,9 +500,10 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.data_root).is_dir():
         raise SystemExit(f"--data-root {args.data_root} is not a folder with the four IDX files")
     preflight(args.device)
-    if "iikd_pba" in arms and not Path(args.schedule).is_file():
-        print(f"skip iikd_pba: no student schedule at {args.schedule} (search_schedule.py writes it)")
-        arms.remove("iikd_pba")
+    for arm, schedule in (("iikd_pba", args.schedule), ("iikd_pba_teacher_schedule", args.teacher_schedule)):
+        if arm in arms and not Path(schedule).is_file():
+            print(f"skip {arm}: no PBA schedule at {schedule} (search_schedule.py writes it)")
+            arms.remove(arm)
     proto = Protocol(
         args.epochs,
         args.teacher_epochs,

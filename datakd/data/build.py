@@ -18,19 +18,23 @@ LOADERS = ("auto", "device", "workers")
 
 def load_dataset(cfg: DataConfig, seed: int) -> tuple[DatasetBundle, str]:
     """The bundle with the configured subsets/validation split applied, and the name of the eval split."""
-    from datakd.data.splits import make_validation_split, take_subset
+    from datakd.data.splits import make_validation_split, subset_then_validation, take_subset
 
     bundle = DATASETS.build(cfg.dataset, root=cfg.root, download=cfg.download, **cfg.options)
     train, test = bundle.train, bundle.test
     if cfg.split_seed is not None:
         seed = cfg.split_seed
     eval_split = "test"
-    if cfg.val_size:
-        # The validation images come out of the training split; the test split stays untouched for tuning.
-        train, test = make_validation_split(train, cfg.val_size, seed=seed)
+    if cfg.val_outside_subset:
+        train, test = subset_then_validation(train, cfg.train_subset, cfg.val_size, seed)
         eval_split = "val"
-    if cfg.train_subset:
-        train = take_subset(train, cfg.train_subset, seed=seed)
+    else:
+        if cfg.val_size:
+            # The validation images come out of the training split; the test split stays untouched.
+            train, test = make_validation_split(train, cfg.val_size, seed=seed)
+            eval_split = "val"
+        if cfg.train_subset:
+            train = take_subset(train, cfg.train_subset, seed=seed)
     if cfg.test_subset:
         test = take_subset(test, cfg.test_subset, seed=seed + 1)
     return replace(bundle, train=train, test=test), eval_split

@@ -53,3 +53,15 @@ def take_subset(split: Split, n: int, seed: int) -> Split:
         raise DatakdError(f"subset size {n} must be between 1 and {len(split)} (the split's size)")
     picked, _ = stratified_indices(split.labels, n, seed)
     return split.subset(picked)
+
+
+def subset_then_validation(split: Split, subset: int | None, val_size: int, seed: int) -> tuple[Split, Split]:
+    """(subset, validation): the subset `take_subset(split, subset, seed)` picks, and `val_size` items held
+    out of the rest with the same seed, so a search can validate on images the subset's runs never see."""
+    if not subset or not val_size:
+        raise DatakdError("data.val_outside_subset needs both data.train_subset and data.val_size")
+    if not 0 < subset < len(split):
+        raise DatakdError(f"subset size {subset} must be between 1 and {len(split) - 1} (the split's size)")
+    picked, rest = stratified_indices(split.labels, subset, seed)
+    _, val = make_validation_split(split.subset(rest), val_size, seed=seed)
+    return split.subset(picked), val
