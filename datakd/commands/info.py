@@ -23,6 +23,7 @@ from datakd.data.loaders import Normalizer
 from datakd.errors import DatakdError
 from datakd.losses.base import LossTerm, build_terms
 from datakd.models import create, model_taps
+from datakd.models.registry import get_entry
 
 # Input size per dataset when --input is not given (everything else is CIFAR-sized).
 DEFAULT_SIDE = {"tiny-imagenet": 64}
@@ -70,6 +71,8 @@ class Info(Command):
             width = max(len(t) for t in taps)
             for tap, path in taps.items():
                 print(f"  {tap:<{width}}  {path:<28} {list(shapes[tap])}")
+        if get_entry(args.model).family == "detection":
+            print_detector_outputs(model, shape)
         if args.modules:
             print("module paths:")
             for name, module in model.named_modules():
@@ -79,6 +82,11 @@ class Info(Command):
 
     def run_recipe(self, args: argparse.Namespace) -> int:
         cfg = load_config(args.recipe, args.set)
+        if cfg.task != "classification":
+            raise DatakdError(
+                f"datakd info --recipe measures classification terms; {args.recipe} is a {cfg.task} recipe "
+                f"(its models' taps and outputs: datakd info --model {cfg.student.name})"
+            )
         if args.batch < 1:
             raise DatakdError(f"--batch must be positive, got {args.batch}")
         student, teacher = recipe_models(cfg, args.num_classes)
@@ -151,6 +159,27 @@ def dummy_context(
         seed=cfg.seed,
         extra={"config": cfg},
     )
+
+
+@torch.no_grad()
+def print_detector_outputs(model: nn.Module, shape: tuple[int, ...]) -> None:
+    """A detector's FPN levels (taps `fpn.<level>`) and head outputs on one image of `shape`."""
+    from datakd.models.detection.forward import run_detector
+
+    model.eval()
+    outputs = run_detector(model, [torch.rand(*shape)], None, losses=False)
+    print(f"FPN levels (taps fpn.<level>), after the detector's resize to {list(outputs['padded_size'])}:")
+    for level, feature in outputs["features"].items():
+        print(f"  fpn.{level:<6} {list(feature.shape[1:])}")
+    print(f"family {outputs['family']}; head outputs (TermInputs.student_outputs):")
+    for key in ("cls_logits", "bbox_regression", "bbox_ctrness"):
+        if outputs.get(key) is not None:
+            print(f"  {key:<16} {list(outputs[key].shape[1:])}  (anchors × values)")
+    if outputs["family"] in ("rcnn", "maskrcnn"):
+        print(
+            "  roi_class_logits  [R, K+1] on the student's sampled proposals "
+            "(the teacher's box head on them too)"
+        )
 
 
 def _flop_mapping() -> dict[Any, Any]:
