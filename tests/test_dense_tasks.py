@@ -235,3 +235,12 @@ def test_a_task_needs_data_and_terms_of_that_task(bed: Path, tmp_path: Path) -> 
         build_trainer(cutmix, "train")
     with pytest.raises(ConfigError, match=r"unknown task 'detecton'.*did you mean 'detection'"):
         build_trainer(recipe(tmp_path, bed, "detecton", "retinanet_r18_fpn_nano", {"detector": {}}), "train")
+
+
+def test_info_shows_a_detectors_fpn_levels_and_head_outputs(capsys) -> None:
+    args = ["info", "--model", "retinanet_r18_fpn_nano", "--input", "3x96x96", "--num-classes", "10"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "fpn.p7" in out and "cls_logits       [1746, 11]" in out
+    assert main(["info", "--model", "fasterrcnn_r18_fpn_nano", "--input", "3x96x96"]) == 0
+    assert "fpn.pool" in capsys.readouterr().out
