@@ -25,13 +25,13 @@ class CheckpointWriteError(StorageError):
     """Writing a file failed (disk full, unwritable folder); the previous version of the file is intact."""
 
 
-def _write_failure(path: Path, exc: Exception) -> CheckpointWriteError | None:
+def _write_failure(path: Path, exc: Exception) -> StorageError | None:
     """The one-line error when `exc` came from the storage; torch's zip writer raises `RuntimeError`
     (``unexpected pos``) while closing after the `OSError` of a full disk, so the whole chain is searched."""
     error = os_error_in(exc)
     if error is None:
         return None
-    return CheckpointWriteError(str(write_error(path, error)))
+    return write_error(path, error, cls=CheckpointWriteError)
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:

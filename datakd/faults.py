@@ -37,6 +37,7 @@ class StorageError(DatakdError, OSError):
     """A run file could not be written, or a data file read; the earlier files are intact."""
 
     exit_code = STORAGE_EXIT_CODE
+    fact: str | None = None  # the message without its advice, for a tool that advises otherwise
 
 
 class DataReadError(StorageError):
@@ -69,8 +70,15 @@ def reason(error: OSError) -> str:
     return f"{error.strerror or error} (errno {error.errno})"
 
 
-def write_error(path: Path | str, error: OSError, resume_hint: bool = True) -> StorageError:
-    """`path` could not be written because of `error`; says whether an older version survived."""
+def write_error(
+    path: Path | str,
+    error: OSError,
+    resume_hint: bool = True,
+    hint: str | None = None,
+    cls: type[StorageError] = StorageError,
+) -> StorageError:
+    """`path` could not be written because of `error`; says whether an older version survived. `hint`
+    replaces the advice (a tool without --resume says how it is rerun)."""
     path = Path(path)
     if path.is_dir():
         kept = f"the earlier files in {path.name}/ are intact"
@@ -78,12 +86,40 @@ def write_error(path: Path | str, error: OSError, resume_hint: bool = True) -> S
         kept = f"the previous {path.name} is intact"
     else:
         kept = f"no earlier {path.name} existed"
-    hint = (
-        "free space or choose a writable --out, then rerun with --resume"
-        if resume_hint
-        else "free space or choose a writable location, then rerun"
-    )
-    return StorageError(f"cannot write {str(path)!r}: {reason(error)}; {kept}; {hint}")
+    if hint is None:
+        hint = (
+            "free space or choose a writable --out, then rerun with --resume"
+            if resume_hint
+            else "free space or choose a writable location, then rerun"
+        )
+    fact = f"cannot write {str(path)!r}: {reason(error)}; {kept}"
+    fault = cls(f"{fact}; {hint}")
+    fault.fact = fact
+    return fault
+
+
+def rehint(fault: StorageError, hint: str) -> StorageError:
+    """The same storage fault with another tool's advice: the writers say "rerun with --resume", which a
+    tool that resumes by itself (the evidence runner) or has no such flag must not tell its user."""
+    fact = getattr(fault, "fact", None) or str(fault).split("; ")[0]
+    new = type(fault)(f"{fact}; {hint}")
+    new.fact = fact
+    return new
+
+
+def storage_fault(exc: BaseException, hint: str) -> StorageError | None:
+    """A tool's one-line storage fault for `exc` (a datakd writer's error or a bare OSError from a write
+    it made itself), with the tool's own `hint`; None when `exc` is no storage fault."""
+    if isinstance(exc, StorageError):
+        return rehint(exc, hint)
+    error = os_error_in(exc)
+    if error is None or error.errno not in STORAGE_ERRNOS:
+        return None
+    if error.filename:
+        return write_error(error.filename, error, hint=hint)
+    fault = StorageError(f"a file could not be written: {reason(error)}; {hint}")
+    fault.fact = f"a file could not be written: {reason(error)}"
+    return fault
 
 
 def out_of_memory_text(exc: BaseException) -> str | None:

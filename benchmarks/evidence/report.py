@@ -16,10 +16,13 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
+import io
 import json
 import math
+import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ from benchmarks.evidence.stats import (
     paired,
 )
 from datakd.checkpoint import atomic_write_text
+from datakd.faults import STORAGE_EXIT_CODE, storage_fault
 
 FIELDS = (
     "arm", "seed", "top1_last", "top1_best", "train_top1", "wall_s", "images_per_sec", "git_revision",
@@ -62,20 +66,21 @@ def device_name(device: str) -> str:
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
-    """One finished run; the file is flushed at once so a benchmark cut by a timeout keeps its rows.
+    """One finished run, written at once so a benchmark cut by a timeout keeps its rows. The file is
+    replaced whole (temp file, rename), not appended to: a full disk would leave a torn last row.
     A file begun with fewer columns (an older runner) keeps its header."""
-    new = not path.is_file()
-    fields = FIELDS
-    if not new:
+    old = ""
+    if path.is_file():
         with open(path, newline="") as handle:
-            fields = tuple(next(csv.reader(handle), FIELDS))
+            old = handle.read()
+    fields = tuple(next(csv.reader(io.StringIO(old)), FIELDS)) if old else FIELDS
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    if not old:
+        writer.writeheader()
+    writer.writerow({k: row.get(k, "") for k in fields})
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: row.get(k, "") for k in fields})
-        handle.flush()
+    atomic_write_text(old + buffer.getvalue(), path)
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -527,9 +532,26 @@ def figure(
     right.set_title("95 % interval; colour: the verdict (green reproduced, red contradicted)", fontsize=9)
     right.grid(axis="x", alpha=0.3)
     fig.tight_layout()
+    try:
+        save_atomically(lambda tmp: fig.savefig(tmp, dpi=110, format="png"), path)
+    finally:
+        plt.close(fig)
+
+
+def save_atomically(write: Any, path: Path) -> None:
+    """`write(temp_path)`, then rename over `path`: a full disk leaves the previous file, not a cut one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and (exc.filename in (None, tmp) or exc.filename2 == tmp):
+            # a failed write() names no file, a failed copy its source; the temp name means nothing
+            exc.filename, exc.filename2 = str(path), None
+        raise
 
 
 def write(out: Path, results: Path, figure_path: Path) -> None:
@@ -586,7 +608,22 @@ def verdict_lines(judged: list[tuple[A.Claim, Judged]]) -> str:
     )
 
 
+REWRITE_HINT = "free space or choose another --write/--figure, then rerun the same command"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line; a full or read-only disk is one line and exit 74 (the old files stay)."""
+    try:
+        return _main(argv)
+    except Exception as exc:
+        fault = storage_fault(exc, REWRITE_HINT)
+        if fault is None:
+            raise
+        print(f"report.py: error: {fault}", file=sys.stderr)
+        return STORAGE_EXIT_CODE
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

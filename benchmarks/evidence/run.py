@@ -19,7 +19,9 @@ Results go to OUT/runs.csv (one row per finished run, appended as it finishes), 
     python benchmarks/evidence/run.py --out OUT --aggregate-only      # RESULTS.md + PNG from OUT/runs.csv
     python benchmarks/evidence/run.py --smoke --out /tmp/ev           # the pipeline in under a minute
 
-Reruns skip finished runs and resume killed ones. On a GPU, `--device cuda --jobs 12` runs twelve student
+Reruns skip finished runs and resume killed ones. A full or read-only disk (the runner's own files, or a
+run's, exit 74) ends the runner with one line naming the file and exit 74, its files intact; the same
+command continues once there is space. On a GPU, `--device cuda --jobs 12` runs twelve student
 processes at once on one GPU; `--deadline-minutes` stops launching runs when time is short.
 """
 
@@ -30,6 +32,7 @@ import gzip
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -53,6 +56,7 @@ from benchmarks.evidence import arms as A  # noqa: E402
 from benchmarks.evidence import report  # noqa: E402
 from benchmarks.evidence.protocol import arm_config, teacher_config  # noqa: E402
 from benchmarks.evidence.stats import INCONCLUSIVE, paired  # noqa: E402
+from datakd.faults import STORAGE_EXIT_CODE, StorageError, check_writable, storage_fault  # noqa: E402
 from datakd.sweep import SweepRun, command_for, plan, run_finished, run_state  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fashion-mnist"
@@ -83,6 +87,49 @@ class Protocol:
     test_size: int | None  # None: the full test split
     device: str
     eval_every: int = 1  # test-split passes every N epochs (and always after the last)
+
+
+# What a user does after a storage fault: the runner skips finished runs and resumes the others by itself.
+RERUN_HINT = (
+    "free space (or choose another --out/--work), then rerun the same command: finished runs are kept "
+    "and skipped, unfinished ones resume from their last.pt"
+)
+_CHILD_ERROR = re.compile(r"^datakd [\w-]+: error: (.+)$")
+
+
+def launch(cmd: list[str], log: Path, threads: int) -> int:
+    """`run_logged`, with the log named when writing it fails (a failed write() names no file)."""
+    try:
+        return run_logged(cmd, log, threads)
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(log)
+        raise
+
+
+def child_storage_fault(name: str, log: Path, folders: list[Path]) -> StorageError:
+    """A run's process exited 74 (storage): its own line from its log, without its advice (the runner's
+    is another); when the full disk swallowed that line too, the first of `folders` that refuses a file."""
+    fact = None
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    for line in reversed(lines):
+        match = _CHILD_ERROR.match(line.strip())
+        if match:
+            fact = match.group(1).rsplit("; ", 1)[0]
+            break
+    for folder in folders if fact is None else []:
+        try:
+            check_writable(folder, "folder")
+        except StorageError as exc:
+            fact = str(exc).split("; ")[0]
+            break
+    fact = fact or f"a storage fault (exit {STORAGE_EXIT_CODE}); its message is lost, see {log}"
+    fault = StorageError(f"{name}: {fact}; {RERUN_HINT}")
+    fault.fact = f"{name}: {fact}"
+    return fault
 
 
 def git_revision() -> str:
@@ -116,6 +163,7 @@ class Runner:
         self.teachers: dict[str, Path] = {}
         self.recipes: dict[str, tuple[Path, str]] = {}
         self.failed: list[str] = []
+        self.storage_faults: list[StorageError] = []  # a run's exit 74: no further run is started
         # OUT/meta.json, rewritten after every finished run: a benchmark cut by a timeout keeps its record.
         self.meta: dict[str, Any] = {}
         self.invocation: dict[str, Any] = {}
@@ -168,7 +216,7 @@ class Runner:
 
         def one(job: tuple[str, list[str]]) -> int:
             name, cmd = job
-            code = run_logged(cmd, self.out / "logs" / f"{name}.log", threads)
+            code = launch(cmd, self.out / "logs" / f"{name}.log", threads)
             print(
                 f"{name}: {'done' if code == 0 else 'FAILED'} in {time.perf_counter() - t0:.0f} s", flush=True
             )
@@ -177,6 +225,8 @@ class Runner:
         with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
             codes = list(pool.map(one, todo))
         for (name, _), code in zip(todo, codes):
+            if code == STORAGE_EXIT_CODE:
+                raise child_storage_fault(name, self.out / "logs" / f"{name}.log", [self.work, self.out])
             if code != 0:
                 raise SystemExit(f"{name} failed; see {self.out / 'logs' / f'{name}.log'}")
         for role in roles:
@@ -228,12 +278,12 @@ class Runner:
         (CSV gzipped): the results folder then holds every number RESULTS.md rests on."""
         raw = self.out / "raw" / f"{arm}-seed{run.seed}"
         raw.mkdir(parents=True, exist_ok=True)
-        shutil.copy(run.run_dir / "summary.json", raw / "summary.json")
+        summary = run.run_dir / "summary.json"
+        report.save_atomically(lambda tmp: shutil.copyfile(summary, tmp), raw / "summary.json")
         for name in ("metrics.csv", report.POLICY):
             source = run.run_dir / name
             if source.is_file():
-                with open(source, "rb") as src, gzip.open(raw / f"{name}.gz", "wb") as dst:
-                    shutil.copyfileobj(src, dst)
+                report.save_atomically(lambda tmp, source=source: _gzip(source, tmp), raw / f"{name}.gz")
 
     def record(self, arm: str, run: SweepRun, wall: float | None) -> dict[str, Any]:
         import torch
@@ -289,11 +339,18 @@ class Runner:
             recipe, mode = self.recipe(arm)
             t0 = time.perf_counter()
             cmd = command_for(run, recipe, mode, [], True)
-            code = run_logged(cmd, self.out / "logs" / f"{arm}-seed{seed}.log", self.args.threads)
+            log = self.out / "logs" / f"{arm}-seed{seed}.log"
+            code = launch(cmd, log, self.args.threads)
             wall = time.perf_counter() - t0
             with self.lock:
                 done[0] += 1
             where = f"[{done[0]}/{total[0]} +{time.monotonic() - started:.0f}s] {arm} seed {seed}"
+            if code == STORAGE_EXIT_CODE:  # the next runs would meet the same disk: start none
+                fault = child_storage_fault(f"{arm} seed {seed}", log, [run.run_dir, self.out])
+                print(f"{where}: storage fault after {wall:.0f} s; no further run is started")
+                with self.lock:
+                    self.storage_faults.append(fault)
+                return
             if code != 0:
                 self.failed.append(f"{arm} seed {seed}")
                 print(f"{where}: FAILED (exit {code}) after {wall:.0f} s; see logs/{arm}-seed{seed}.log")
@@ -304,9 +361,11 @@ class Runner:
         running: set[Future[None]] = set()
         with ThreadPoolExecutor(max_workers=max(1, self.args.jobs)) as pool:
             while True:
-                while queue and len(running) < self.args.jobs and self.time_left():
+                while (
+                    queue and len(running) < self.args.jobs and self.time_left() and not self.storage_faults
+                ):
                     running.add(pool.submit(one, queue.popleft()))
-                if not queue and adaptive is not None and self.time_left():
+                if not queue and adaptive is not None and self.time_left() and not self.storage_faults:
                     rows = report.read_rows(self.out / "runs.csv")
                     extra = [i for i in adaptive_seeds(rows, *adaptive) if i not in scheduled]
                     if extra:
@@ -326,6 +385,13 @@ class Runner:
                 finished, running = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     future.result()
+        if self.storage_faults:
+            raise self.storage_faults[0]
+
+
+def _gzip(source: Path, target: str) -> None:
+    with open(source, "rb") as src, gzip.open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst)
 
 
 def record_teachers(meta: dict[str, Any], teachers: dict[str, Path]) -> None:
@@ -470,6 +536,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; a storage fault (a full or read-only disk) is one line and exit 74."""
+    try:
+        return _main(argv)
+    except Exception as exc:
+        fault = storage_fault(exc, RERUN_HINT)
+        if fault is None:
+            raise
+        print(f"evidence: error: {fault}", file=sys.stderr)
+        return STORAGE_EXIT_CODE
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines survive a run cut by a timeout
     if args.smoke:

@@ -25,7 +25,7 @@ from datakd.augmenters.pba_policy import POLICY_LENGTH, Schedule, explore
 from datakd.checkpoint import atomic_write_text
 from datakd.config import RunConfig
 from datakd.errors import ConfigError, DatakdError
-from datakd.faults import StorageError, check_writable
+from datakd.faults import STORAGE_ERRNOS, StorageError, check_writable, os_error_in, reason
 from datakd.pba.spec import REWARD, TrialSpec
 
 ROLES = {"teacher": "train", "student": "distill"}
@@ -184,6 +184,13 @@ def run_search(
         raise ConfigError(f"the PBT quantile must be in (0, 0.5], got {quantile}")
     out = Path(out).resolve()
     check_writable(out, "search directory")  # a full or read-only --out: one line before Ray starts
+    torn = _torn_state(out / "ray" / "search")
+    if torn is not None:
+        raise StorageError(
+            f"the PBA search state {str(torn)!r} is cut short (Ray writes it in place, and a full disk cut "
+            f"it); the search cannot be resumed: delete {str(out / 'ray')!r} or choose another --out to "
+            "start it again"
+        )
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
 
@@ -232,17 +239,26 @@ def run_search(
                     verbose=0 if quiet else 1,
                 ),
             )
-        results = tuner.fit()
+        try:
+            results = tuner.fit()
+            finished = [r for r in results if r.metrics and "schedule" in r.metrics]
+        except Exception as exc:  # Ray's own writes (experiment state, a member's error.pkl) on a full disk
+            fault = _storage_fault(out / "ray" / "search", exc)
+            if fault is None:
+                raise
+            raise fault from None
     finally:
         if started:
             ray.shutdown()
-    finished = [r for r in results if r.metrics and "schedule" in r.metrics]
     if not finished:
         errors = [r.error for r in results if r.error is not None]
         if not errors:
             raise DatakdError("no PBA search member finished; first error: unknown")
         cause = _cause(errors[0])
-        kind = type(cause) if isinstance(cause, StorageError) else DatakdError
+        storage = (
+            isinstance(cause, StorageError) or getattr(os_error_in(cause), "errno", None) in STORAGE_ERRNOS
+        )
+        kind = type(cause) if isinstance(cause, StorageError) else StorageError if storage else DatakdError
         raise kind(f"no PBA search member finished; first error: {_error_line(errors[0])}")
     best = max(finished, key=lambda r: r.metrics[REWARD])
     errored = sorted(_trial_id(r) for r in results if r.error is not None)
@@ -280,6 +296,40 @@ def run_search(
     Schedule([tuple(p) for p in history], schedule_meta).save(out / "schedule.json")
     atomic_write_text(json.dumps(summary, indent=1) + "\n", out / "search.json")
     return summary
+
+
+def _storage_fault(experiment: Path, exc: BaseException) -> StorageError | None:
+    """One line when the search failed because its storage refused a file: Ray uploads every member
+    checkpoint into `experiment` (pyarrow's copy, not datakd's writer) and then cannot even read back the
+    error files it cut short, so the cause is found by trying the storage, not only in the chain."""
+    error = os_error_in(exc)
+    if error is not None and error.errno in STORAGE_ERRNOS:
+        why = reason(error)
+    else:
+        try:
+            check_writable(experiment, "search storage")
+        except StorageError as refused:
+            why = str(refused).split("; ")[0].rsplit(": ", 1)[-1]
+        else:
+            return None
+    return StorageError(
+        f"the PBA search stopped: Ray could not write its storage {str(experiment)!r}: {why}; the members' "
+        "checkpoints written before are kept there; free space or choose another --out, then rerun the "
+        "same command (it resumes if Ray's state survived; if it says the state is cut short, start again)"
+    )
+
+
+def _torn_state(experiment: Path) -> Path | None:
+    """Ray's newest experiment state when it is not whole JSON (Ray restores from it and, finding it cut,
+    silently starts a broken search instead), else None."""
+    states = sorted(experiment.glob("experiment_state-*.json"))
+    if not states:
+        return None
+    try:
+        json.loads(states[-1].read_text())
+    except (OSError, ValueError):
+        return states[-1]
+    return None
 
 
 def _cause(error: BaseException) -> BaseException:

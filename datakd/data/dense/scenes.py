@@ -15,15 +15,22 @@ class of its own, train id 10 ("background"), so all 11 classes are scored (`cla
 
 Each canvas draws from its own generator seeded by (seed, split, index): the same seed gives
 byte-identical files (MANIFEST.sha256 lists them all), and the canvases do not depend on each other.
+
+The test bed is written into a staging folder inside the output (`.scenes-partial`, the same filesystem)
+and moved into place only when complete, MANIFEST.sha256 last: a full disk or a kill mid-write never leaves
+a test bed that looks complete, and with --overwrite the previous one stays intact until the new one is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +42,7 @@ from PIL import Image
 
 from datakd.data.fashion_mnist import ATTRIBUTION, CLASSES, read_split
 from datakd.errors import DatakdError
+from datakd.faults import STORAGE_ERRNOS, StorageError, check_writable, os_error_in, reason
 
 # COCO category id of Fashion-MNIST class c (gapped on purpose: the reader must map them to 1..10).
 CATEGORY_IDS = (1, 2, 3, 5, 7, 8, 11, 13, 17, 20)
@@ -48,6 +56,7 @@ DISTRACTORS = (1, 3)
 SPLITS = {"train": ("train", "train2017", 0), "val": ("test", "val2017", 1_000_000)}
 OUTPUTS = ("train2017", "val2017", "annotations", "leftImg8bit", "gtFine", "classes.json", "README.md")
 MANIFEST = "MANIFEST.sha256"
+STAGING = ".scenes-partial"  # where a test bed is built before it is moved into place
 
 
 @dataclass
@@ -194,19 +203,37 @@ def annotations_of(canvas: Canvas, image_id: int, first_id: int) -> list[dict[st
     return out
 
 
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Name `path` on an OSError raised while writing it: a failed write() carries no file name."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
+
+
 def _save_png(array: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG", compress_level=6)
+    with _writing(path):
+        Image.fromarray(array).save(path, format="PNG", compress_level=6)
+
+
+def _write_text(text: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _writing(path):
+        path.write_text(text, encoding="utf-8")
 
 
 def _prepare(out: Path, overwrite: bool) -> None:
-    """Refuse to mix with other files; `overwrite` removes only what the generator writes."""
+    """Refuse to mix with other files; `overwrite` will replace only what the generator writes (once the
+    new test bed is complete, `_install`)."""
     if out.exists() and not out.is_dir():
         raise DatakdError(f"scenes output {str(out)!r} exists and is not a directory")
     if not out.exists():
-        out.mkdir(parents=True)
         return
-    entries = {p.name for p in out.iterdir()}
+    entries = {p.name for p in out.iterdir()} - {STAGING}  # a killed run's staging folder is ours
     foreign = sorted(entries - {*OUTPUTS, MANIFEST})
     if foreign:
         raise DatakdError(
@@ -216,9 +243,43 @@ def _prepare(out: Path, overwrite: bool) -> None:
         )
     if entries and not overwrite:
         raise DatakdError(f"scenes output {str(out)!r} is not empty; pass --overwrite to write it again")
-    for name in entries:
+
+
+def _install(staging: Path, out: Path) -> None:
+    """Replace the test bed in `out` by the complete one in `staging`. The old MANIFEST goes first and the
+    new one comes last, so at every moment a MANIFEST means a complete test bed."""
+    for name in (MANIFEST, *OUTPUTS):
         target = out / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    for name in (*OUTPUTS, MANIFEST):
+        os.replace(staging / name, out / name)
+    staging.rmdir()
+
+
+def _storage_fault(exc: OSError, out: Path, staging: Path, created: bool) -> StorageError | None:
+    """One line for a write that failed while building the test bed; names the file as it would be."""
+    error = os_error_in(exc)
+    if error is None or error.errno not in STORAGE_ERRNOS:
+        return None
+    at = ""
+    if error.filename:
+        name = Path(os.fsdecode(error.filename))
+        rel = name.relative_to(staging) if name.is_relative_to(staging) else None
+        at = f" (at {rel.as_posix()!r})" if rel is not None else f" (at {str(name)!r})"
+    if created:
+        before = "the folder was removed again"
+    elif (out / MANIFEST).is_file():
+        before = "the test bed there before is intact"
+    else:
+        before = "the folder is as it was"
+    return StorageError(
+        f"cannot write the scenes test bed in {str(out)!r}{at}: {reason(error)}; nothing of this attempt "
+        f"was kept and {before}; free space or choose another --out, then rerun (with --overwrite if it "
+        "holds a test bed)"
+    )
 
 
 @dataclass
@@ -264,9 +325,9 @@ def write_split(
             {"id": cid, "name": CLASSES[c], "supercategory": "fashion"} for c, cid in enumerate(CATEGORY_IDS)
         ],
     }
-    path = out / "annotations" / f"instances_{folder}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(coco, separators=(",", ":")) + "\n", encoding="utf-8")
+    _write_text(
+        json.dumps(coco, separators=(",", ":")) + "\n", out / "annotations" / f"instances_{folder}.json"
+    )
     return len(annotations)
 
 
@@ -277,7 +338,7 @@ def write_manifest(out: Path) -> Path:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         lines.append(f"{digest}  {path.relative_to(out).as_posix()}\n")
     target = out / MANIFEST
-    target.write_text("".join(lines), encoding="utf-8")
+    _write_text("".join(lines), target)
     return target
 
 
@@ -324,10 +385,25 @@ def generate_scenes(
         arrays = read_split(source, SPLITS[split][0])
         pools[split] = (arrays.images[:, 0], arrays.labels.numpy(), count)
     _prepare(out, overwrite)
-    objects = {}
-    for split, (pool, labels, count) in pools.items():
-        objects[split] = write_split(out, split, count, pool, labels, size, seed)
-    (out / "classes.json").write_text(json.dumps([*CLASSES, "background"]) + "\n", encoding="utf-8")
-    (out / "README.md").write_text(_readme(train, val, size, seed), encoding="utf-8")
-    write_manifest(out)
+    check_writable(out, "scenes output")  # a full or read-only disk: one line before any canvas
+    created = not out.exists()
+    staging = out / STAGING
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        objects = {}
+        for split, (pool, labels, count) in pools.items():
+            objects[split] = write_split(staging, split, count, pool, labels, size, seed)
+        _write_text(json.dumps([*CLASSES, "background"]) + "\n", staging / "classes.json")
+        _write_text(_readme(train, val, size, seed), staging / "README.md")
+        write_manifest(staging)
+        _install(staging, out)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)  # gives the space back
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        fault = _storage_fault(exc, out, staging, created) if isinstance(exc, OSError) else None
+        if fault is None:
+            raise
+        raise fault from None
     return SceneSummary(out, {"train": train, "val": val}, objects, time.perf_counter() - start)
