@@ -262,3 +262,65 @@ def test_bad_dense_options_fail_in_one_line(options: dict[str, Any], message: st
     with pytest.raises(ConfigError) as info:
         TSTAugmenter(prior=False, **options)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+REPO = Path(__file__).resolve().parents[1]
+DENSE_RECIPES = sorted(
+    [
+        *(REPO / "recipes" / "coco" / "tst").rglob("*.yaml"),
+        *(REPO / "recipes" / "cityscapes" / "tst").rglob("*.yaml"),
+        *(REPO / "recipes" / "testbed").glob("tst_*.yaml"),
+    ]
+)
+
+
+PAPER_MAP = {  # 000 Table 3, "Ours (KD)" and "Ours (KD+mimic)"
+    ("cmrcnn_x101-frcnn_r50", "tst_kd"): 40.5,
+    ("cmrcnn_x101-frcnn_r50", "tst_kd_mimic"): 42.2,
+    ("retinanet_x101-retinanet_r50", "tst_kd"): 39.9,
+    ("retinanet_x101-retinanet_r50", "tst_kd_mimic"): 40.5,
+    ("fcos_r101-fcos_r50", "tst_kd"): 40.1,
+    ("fcos_r101-fcos_r50", "tst_kd_mimic"): 41.0,
+}
+
+
+def test_dense_tst_recipes_cover_tables_3_and_4() -> None:
+    names = {p.relative_to(REPO / "recipes").as_posix() for p in DENSE_RECIPES}
+    for pair in ("cmrcnn_x101-frcnn_r50", "retinanet_x101-retinanet_r50", "fcos_r101-fcos_r50"):
+        for arm in ("tst_kd", "tst_kd_mimic"):
+            assert f"coco/tst/{pair}/{arm}.yaml" in names
+    assert "cityscapes/tst/pspnet_r101-pspnet_r18.yaml" in names
+    assert "testbed/tst_retinanet_kd_mimic.yaml" in names and "testbed/tst_pspnet_seg_kd.yaml" in names
+
+
+@pytest.mark.parametrize("path", DENSE_RECIPES, ids=lambda p: p.relative_to(REPO / "recipes").as_posix())
+def test_dense_tst_recipe_follows_the_paper(path: Path) -> None:
+    from datakd.augmenters.base import build_augmenter
+    from datakd.config import load_config
+    from datakd.events.base import build_events
+    from datakd.losses.base import build_terms
+
+    cfg = load_config(path)
+    assert isinstance(build_augmenter(cfg.augmenter), TSTAugmenter)
+    (event,) = build_events(cfg.events)
+    terms = {t.term_name: t for t in build_terms(cfg.loss)}
+    if cfg.task == "detection":
+        assert set(terms) - {"mimic"} == {"detector", "det_kd"} and terms["det_kd"].temperature == 1.0
+        assert all(t.weight == 1.0 for t in terms.values())
+        assert event.at == [6 * cfg.epochs // 24, 12 * cfg.epochs // 24] and event.epochs == 1
+    else:
+        assert (terms["seg_kd"].main_weight, terms["seg_kd"].aux_weight) == (1.5, 0.5)
+        assert cfg.schedule.name == "poly" and cfg.optim.lr == 0.01 and cfg.optim.weight_decay == 5e-4
+    if path.parent.name == "testbed":
+        assert cfg.student.name.endswith("_nano") and cfg.teacher.name.endswith("_tiny")
+        return
+    ref = cfg.reference
+    assert ref["paper"] == "000" and ref["table"] in (3, 4) and ref["row"].startswith("Ours")
+    if cfg.task == "detection":
+        two_stage = "frcnn" in path.parent.name
+        assert (cfg.epochs, cfg.data.batch_size, cfg.optim.lr) == (24, 16, 0.02 if two_stage else 0.01)
+        assert cfg.schedule.milestones == [16, 22] and cfg.schedule.warmup_epochs > 0
+        assert cfg.data.options["degenerate_boxes"] == "drop" and cfg.data.dataset == "coco"
+        assert ref["map"] == PAPER_MAP[(path.parent.name, path.stem)]
+    else:
+        assert (cfg.epochs, event.at, event.pass_images) == (430, [40, 81], 20000) and ref["miou"] == 76.55
