@@ -34,7 +34,15 @@ from datakd.augmenters.base import build_augmenter
 from datakd.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = sorted((REPO / "recipes").glob("*/tst/**/*.yaml"))
+DENSE = (
+    "coco",
+    "cityscapes",
+)  # detection / segmentation TST recipes have no authors' table: test_tst_dense.py
+RECIPES = sorted(
+    p
+    for p in (REPO / "recipes").glob("*/tst/**/*.yaml")
+    if p.relative_to(REPO / "recipes").parts[0] not in DENSE
+)
 CODE = "shaoshitong/TST@f9616a2 SDAKD_FOR_BASELINE/configs/"
 SEVEN = [32, 62, 92, 122, 152, 182, 212]
 STAGE2 = {"stage2_lr": 0.01, "stage2_momentum": 0.9, "alpha": 1.0, "beta": 1.0}
