@@ -71,14 +71,27 @@ ARMS = {
     "det_fgd": ("detection", "retinanet_fgd.yaml"),
     "seg_student": ("segmentation", "pspnet_student.yaml"),
     "seg_kd": ("segmentation", "pspnet_seg_kd.yaml"),
+    # seed papers on the test bed (issue 28): TST (000 Tables 3-4) and DPK inside FGD (004 Table 4)
+    "det_kd_mimic": ("detection", "retinanet_kd_mimic.yaml"),
+    "det_tst_kd": ("detection", "tst_retinanet_kd.yaml"),
+    "det_tst_kd_mimic": ("detection", "tst_retinanet_kd_mimic.yaml"),
+    "det_fgd_dpk": ("detection", "retinanet_fgd_dpk.yaml"),
+    "seg_tst": ("segmentation", "tst_pspnet_seg_kd.yaml"),
 }
+# arms run first, all seeds (the test bed as an instrument and the baselines), then the seed papers' arms
+BASELINE_ARMS = ("det_student", "det_kd", "det_mimic", "det_fgd", "seg_student", "seg_kd")
 # (better, worse, claim text): the baselines' claims of their papers, on the test bed
 CLAIMS = (
     ("det_kd", "det_student", "det_kd > plain student (RetinaNet, mAP)"),
     ("det_mimic", "det_student", "mimic > plain student (RetinaNet, mAP)"),
     ("det_fgd", "det_student", "FGD > plain student (RetinaNet, mAP)"),
     ("seg_kd", "seg_student", "seg_kd > plain student (PSPNet, mIoU)"),
+    ("det_tst_kd", "det_kd", "TST (KD) > KD (000 Table 3; RetinaNet, mAP)"),
+    ("det_tst_kd_mimic", "det_kd_mimic", "TST (KD+mimic) > KD+mimic (000 Table 3; RetinaNet, mAP)"),
+    ("det_fgd_dpk", "det_fgd", "FGD+DPK ≥ FGD (004 Table 4; RetinaNet, mAP)"),
+    ("seg_tst", "seg_kd", "TST > KD (000 Table 4; PSPNet, mIoU)"),
 )
+AT_LEAST = {"det_fgd_dpk"}  # claims of the form "≥": an unresolved difference is what they predict
 COLUMNS = (
     "arm",
     "seed",
@@ -107,16 +120,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def recipe_for(recipe: str, out: Path, epochs: int, seed: int, device: str, extra: dict[str, Any]) -> Path:
-    """The shipped test-bed recipe with the protocol's epochs, seed and paths."""
+def recipe_for(
+    recipe: str, out: Path, epochs: int, seed: int, device: str, extra: dict[str, Any], scale: bool = True
+) -> Path:
+    """The shipped test-bed recipe with the protocol's epochs, seed and paths.
+
+    Students follow the epoch-scaling rule (`schedule.scale` = protocol epochs ÷ recipe epochs: LR steps,
+    and TST's Stage II epochs, move with the run's length); the teacher keeps the recipe's LR steps and
+    trains on at the last rate (`scale=False`: a longer low-LR tail, what it needs to converge from scratch).
+    """
     values = yaml.safe_load((RECIPES / recipe).read_text())
-    values["epochs"] = epochs
+    if scale:
+        values.setdefault("schedule", {})["scale"] = epochs / values["epochs"]
+    else:
+        values["epochs"] = epochs
     values["seed"] = seed
     values["device"] = device
     values["quiet"] = True
     values.setdefault("engine", {})["tensorboard"] = False
-    values.update(extra)
+    for key, value in extra.items():
+        values[key] = {**values[key], **value} if isinstance(value, dict) and key in values else value
     return write_yaml(values, out / "recipe.yaml")
+
+
+TST_ARMS = {arm for arm, (_, recipe) in ARMS.items() if recipe.startswith("tst_")}
+
+
+def tasks_with_tst(arms: list[str]) -> list[str]:
+    return sorted({ARMS[arm][0] for arm in arms if arm in TST_ARMS})
+
+
+def fit_tst(task: str, out: Path, bed: Path, proto: Protocol, device: str) -> Path:
+    """TST's Stage I encoders for the task's test bed (once; a matching file is re-used)."""
+    recipe = next(r for a, (t, r) in ARMS.items() if a in TST_ARMS and t == task)
+    encoders = out / "tst_encoders" / f"{task}.pt"
+    path = recipe_for(recipe, out / "recipes" / f"tst-fit-{task}", proto.student_epochs, 0, device,
+                      {"augmenter": {"encoders": str(encoders)}})  # fmt: skip
+    cmd = [sys.executable, "-m", "datakd", "tst", "fit", "--config", str(path), "--data-root", str(bed)]
+    code = run_logged([*cmd, "--quiet"], out / "tst_encoders" / f"{task}.log", 2)
+    if code != 0:
+        raise SystemExit(
+            f"TST Stage I fit for {task} failed with exit {code}; see {out}/tst_encoders/{task}.log"
+        )
+    return encoders
 
 
 def train(cmd_mode: str, recipe: Path, run_dir: Path, bed: Path, threads: int, extra: list[str]) -> int:
@@ -163,7 +209,13 @@ def run(args: argparse.Namespace) -> Path:
         run_dir = out / "teachers" / task
         if not run_finished(run_dir):
             path = recipe_for(
-                recipe, out / "recipes" / f"teacher-{task}", proto.teacher_epochs, 0, args.device, {}
+                recipe,
+                out / "recipes" / f"teacher-{task}",
+                proto.teacher_epochs,
+                0,
+                args.device,
+                {},
+                scale=False,
             )
             code = train("train", path, run_dir, bed, threads, [])
             if code != 0:
@@ -172,7 +224,10 @@ def run(args: argparse.Namespace) -> Path:
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         teachers.update(pool.map(train_teacher, sorted(tasks)))
-    jobs = [(arm, seed) for seed in range(proto.seeds) for arm in arms]
+    first = [a for a in arms if a in BASELINE_ARMS]
+    later = [a for a in arms if a not in first]
+    jobs = [(arm, seed) for group in (first, later) for seed in range(proto.seeds) for arm in group]
+    encoders = {task: fit_tst(task, out, bed, proto, args.device) for task in tasks_with_tst(arms)}
 
     def train_student(job: tuple[str, int]) -> tuple[str, int, int]:
         arm, seed = job
@@ -180,8 +235,14 @@ def run(args: argparse.Namespace) -> Path:
         run_dir = out / "runs" / f"{arm}-seed{seed}"
         if run_finished(run_dir):
             return arm, seed, 0
+        extra_values = {"augmenter": {"encoders": str(encoders[task])}} if arm in TST_ARMS else {}
         path = recipe_for(
-            recipe, out / "recipes" / f"{arm}-seed{seed}", proto.student_epochs, seed, args.device, {}
+            recipe,
+            out / "recipes" / f"{arm}-seed{seed}",
+            proto.student_epochs,
+            seed,
+            args.device,
+            extra_values,
         )
         mode = "train" if arm.endswith("student") else "distill"
         extra = [] if mode == "train" else ["--teacher-checkpoint", str(teachers[task])]
@@ -261,7 +322,7 @@ def report(out: Path) -> str:
     for better, worse, text in CLAIMS:
         if better not in by_arm or worse not in by_arm:
             continue
-        judged = judge(paired(by_arm[better], by_arm[worse]))
+        judged = judge(paired(by_arm[better], by_arm[worse]), at_least=better in AT_LEAST)
         interval = "–" if judged.low is None else f"[{judged.low:+.2f}, {judged.high:+.2f}]"
         lines.append(
             f"| {text} | {judged.paired.n} | {judged.paired.mean:+.2f} | {interval} | {judged.words} |"
