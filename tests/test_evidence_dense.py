@@ -1,0 +1,72 @@
+"""The dense evidence runner's design and report: fixed seeds, recipes from the shipped test-bed ones under
+the epoch-scaling rule, claims judged by the one verdict function, the report computed from runs.csv alone."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import yaml
+
+from benchmarks.evidence import dense
+from benchmarks.evidence.stats import judge, paired
+
+
+def test_every_arm_and_claim_names_a_shipped_recipe_and_a_known_arm() -> None:
+    for task, recipe in dense.ARMS.values():
+        values = yaml.safe_load((dense.RECIPES / recipe).read_text())
+        assert values["task"] == task
+    for better, worse, _ in dense.CLAIMS:
+        assert better in dense.ARMS and worse in dense.ARMS
+        assert dense.ARMS[better][0] == dense.ARMS[worse][0]
+    assert all(p.seeds >= 2 for p in dense.PROTOCOLS.values())
+    assert set(dense.BASELINE_ARMS) <= set(dense.ARMS)
+
+
+def test_students_follow_the_scaling_rule_and_the_teacher_keeps_its_steps(tmp_path: Path) -> None:
+    student = dense.recipe_for("retinanet_kd.yaml", tmp_path / "s", 12, 3, "cpu", {})
+    values = yaml.safe_load(student.read_text())
+    assert values["epochs"] == 24 and values["schedule"]["scale"] == 0.5 and values["seed"] == 3
+    teacher = dense.recipe_for("retinanet_teacher.yaml", tmp_path / "t", 36, 0, "cpu", {}, scale=False)
+    values = yaml.safe_load(teacher.read_text())
+    assert values["epochs"] == 36 and "scale" not in values["schedule"]
+    assert values["schedule"]["milestones"] == [16, 22]
+    tst = dense.recipe_for(
+        "tst_retinanet_kd.yaml", tmp_path / "x", 12, 0, "cpu", {"augmenter": {"encoders": "E"}}
+    )
+    values = yaml.safe_load(tst.read_text())
+    assert (
+        values["augmenter"]["encoders"] == "E" and values["augmenter"]["name"] == "tst"
+    )  # merged, not replaced
+
+
+def write_runs(out: Path, rows: list[dict]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "runs.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, dense.COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**{c: "" for c in dense.COLUMNS}, **row})
+    meta = {"protocol": "cpu", "sizes": dense.PROTOCOLS["cpu"].__dict__}
+    (out / "meta.json").write_text(json.dumps(meta))
+
+
+def test_report_states_the_gap_and_judges_each_claim_from_runs_csv(tmp_path: Path) -> None:
+    student = {0: 3.0, 1: 3.4, 2: 2.9}
+    fgd = {0: 4.1, 1: 4.4, 2: 4.0}
+    rows = [{"arm": "det_student", "seed": s, "task": "detection", "metric_last": v, "metric_best": v}
+            for s, v in student.items()]  # fmt: skip
+    rows += [{"arm": "det_fgd", "seed": s, "task": "detection", "metric_last": v, "metric_best": v + 0.1}
+             for s, v in fgd.items()]  # fmt: skip
+    rows.append(
+        {"arm": "teacher_detection", "seed": 0, "task": "detection", "metric_last": 9.0, "metric_best": 9.0}
+    )
+    write_runs(tmp_path, rows)
+    text = dense.report(tmp_path)
+    assert "teacher 9.00, plain student 3.10 ± 0.26: gap +5.90" in text
+    expected = judge(paired(fgd, student))
+    assert f"| FGD > plain student (RetinaNet, mAP) | 3 | +{expected.paired.mean:.2f} |" in text
+    assert expected.words in text and expected.verdict == "reproduced"
+    assert "det_kd >" not in text  # a claim without runs is left out, not invented
+    assert (tmp_path / "RESULTS.md").read_text() == text
