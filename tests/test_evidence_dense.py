@@ -14,14 +14,18 @@ from benchmarks.evidence.stats import judge, paired
 
 
 def test_every_arm_and_claim_names_a_shipped_recipe_and_a_known_arm() -> None:
-    for task, recipe in dense.ARMS.values():
+    def task(arm: str) -> str:
+        return dense.TEACHERS[dense.ARMS[arm][0]][0]
+
+    for arm, (role, recipe, *_) in dense.ARMS.items():
         values = yaml.safe_load((dense.RECIPES / recipe).read_text())
-        assert values["task"] == task
+        assert values["task"] == task(arm) and role in dense.TEACHERS
     for better, worse, _ in dense.CLAIMS:
-        assert better in dense.ARMS and worse in dense.ARMS
-        assert dense.ARMS[better][0] == dense.ARMS[worse][0]
-    assert all(p.seeds >= 2 for p in dense.PROTOCOLS.values())
-    assert set(dense.BASELINE_ARMS) <= set(dense.ARMS)
+        assert better in dense.ARMS and worse in dense.ARMS and task(better) == task(worse)
+    for first, second, _ in dense.GAIN_CLAIMS:
+        assert set(first) | set(second) <= set(dense.ARMS)
+    assert all(p.seeds >= 2 and set(p.arms) <= set(dense.ARMS) for p in dense.PROTOCOLS.values())
+    assert set(dense.BASELINE_ARMS) <= set(dense.CPU_ARMS)
 
 
 def test_students_follow_the_scaling_rule_and_the_teacher_keeps_its_steps(tmp_path: Path) -> None:
@@ -70,3 +74,21 @@ def test_report_states_the_gap_and_judges_each_claim_from_runs_csv(tmp_path: Pat
     assert expected.words in text and expected.verdict == "reproduced"
     assert "det_kd >" not in text  # a claim without runs is left out, not invented
     assert (tmp_path / "RESULTS.md").read_text() == text
+
+
+def test_the_gap_claim_compares_gains_paired_by_seed(tmp_path: Path) -> None:
+    runs = {
+        "det_fgd": {0: 3.0, 1: 3.2, 2: 3.1},
+        "det_fgd_dpk": {0: 3.1, 1: 3.2, 2: 3.2},
+        "det_fgd_large": {0: 3.5, 1: 3.6, 2: 3.4},
+        "det_fgd_dpk_large": {0: 4.0, 1: 4.0, 2: 3.8},
+    }
+    rows = [{"arm": arm, "seed": s, "task": "detection", "metric_last": v, "metric_best": v}
+            for arm, values in runs.items() for s, v in values.items()]  # fmt: skip
+    write_runs(tmp_path, rows)
+    text = dense.report(tmp_path)
+    large = {s: runs["det_fgd_dpk_large"][s] - runs["det_fgd_large"][s] for s in range(3)}
+    gains = {s: large[s] - (runs["det_fgd_dpk"][s] - runs["det_fgd"][s]) for s in range(3)}
+    expected = judge(paired(gains, dict.fromkeys(range(3), 0.0)))
+    claim = "DPK's gain over FGD is larger from the larger teacher (004 Table 4)"
+    assert f"| {claim} | 3 | +{expected.paired.mean:.2f} |" in text

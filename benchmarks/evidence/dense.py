@@ -51,20 +51,25 @@ class Protocol:
     teacher_epochs: int
     student_epochs: int
     seeds: int
+    arms: tuple[str, ...] = ()  # the protocol's arms (empty: all)
 
 
-PROTOCOLS = {
-    "cpu": Protocol(train=2000, val=500, teacher_epochs=36, student_epochs=12, seeds=3),
-    "gpu": Protocol(train=2000, val=500, teacher_epochs=48, student_epochs=24, seeds=5),
-    "smoke": Protocol(train=24, val=8, teacher_epochs=1, student_epochs=1, seeds=2),
+# role -> (task, teacher recipe, metric column of summary.json, recipe changes)
+TEACHERS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
+    "detection": ("detection", "retinanet_teacher.yaml", "map", {}),
+    # the same teacher at twice the width (4× the student's): DPK's "better teacher, better student"
+    "detection_large": (
+        "detection",
+        "retinanet_teacher.yaml",
+        "map",
+        {"student": {"kwargs": {"width": 0.5}}},
+    ),
+    "detection_frcnn": ("detection", "fasterrcnn_teacher.yaml", "map", {}),
+    "segmentation": ("segmentation", "pspnet_teacher.yaml", "miou", {}),
 }
-# role -> (task, teacher recipe, metric column of summary.json)
-TEACHERS = {
-    "detection": ("retinanet_teacher.yaml", "map"),
-    "segmentation": ("pspnet_teacher.yaml", "miou"),
-}
-# arm -> (task, recipe)
-ARMS = {
+LARGE_TEACHER = {"teacher": {"kwargs": {"width": 0.5}}}
+# arm -> (teacher role, recipe[, recipe changes])
+ARMS: dict[str, tuple[Any, ...]] = {
     "det_student": ("detection", "retinanet_student.yaml"),
     "det_kd": ("detection", "retinanet_kd.yaml"),
     "det_mimic": ("detection", "retinanet_mimic.yaml"),
@@ -77,6 +82,28 @@ ARMS = {
     "det_tst_kd_mimic": ("detection", "tst_retinanet_kd_mimic.yaml"),
     "det_fgd_dpk": ("detection", "retinanet_fgd_dpk.yaml"),
     "seg_tst": ("segmentation", "tst_pspnet_seg_kd.yaml"),
+    # GPU protocol only (CPU time): a larger teacher, and a two-stage pair
+    "det_fgd_large": ("detection_large", "retinanet_fgd.yaml", LARGE_TEACHER),
+    "det_fgd_dpk_large": ("detection_large", "retinanet_fgd_dpk.yaml", LARGE_TEACHER),
+    "frcnn_student": ("detection_frcnn", "fasterrcnn_student.yaml"),
+    "frcnn_kd": ("detection_frcnn", "fasterrcnn_kd.yaml"),
+    "frcnn_tst_kd": ("detection_frcnn", "tst_fasterrcnn_kd.yaml"),
+}
+CPU_ARMS = (
+    "det_student", "det_kd", "det_mimic", "det_fgd", "seg_student", "seg_kd",
+    "det_kd_mimic", "det_tst_kd", "det_tst_kd_mimic", "det_fgd_dpk", "seg_tst",
+)  # fmt: skip
+PROTOCOLS = {
+    "cpu": Protocol(train=2000, val=500, teacher_epochs=36, student_epochs=12, seeds=3, arms=CPU_ARMS),
+    "gpu": Protocol(train=2000, val=500, teacher_epochs=36, student_epochs=12, seeds=5),
+    "smoke": Protocol(
+        train=24,
+        val=8,
+        teacher_epochs=1,
+        student_epochs=1,
+        seeds=2,
+        arms=("det_student", "det_fgd", "seg_student", "seg_tst"),
+    ),
 }
 # arms run first, all seeds (the test bed as an instrument and the baselines), then the seed papers' arms
 BASELINE_ARMS = ("det_student", "det_kd", "det_mimic", "det_fgd", "seg_student", "seg_kd")
@@ -90,7 +117,15 @@ CLAIMS = (
     ("det_tst_kd_mimic", "det_kd_mimic", "TST (KD+mimic) > KD+mimic (000 Table 3; RetinaNet, mAP)"),
     ("det_fgd_dpk", "det_fgd", "FGD+DPK ≥ FGD (004 Table 4; RetinaNet, mAP)"),
     ("seg_tst", "seg_kd", "TST > KD (000 Table 4; PSPNet, mIoU)"),
+    ("frcnn_tst_kd", "frcnn_kd", "TST (KD) > KD (000 Table 3; Faster R-CNN, mAP)"),
+    ("frcnn_kd", "frcnn_student", "det_kd > plain student (Faster R-CNN, mAP)"),
+    ("det_fgd_dpk_large", "det_fgd_dpk", "a larger teacher gives a better FGD+DPK student (004 §3.2)"),
 )
+# (arm pairs whose gains are compared, text): DPK's gain over FGD grows as the teacher-student gap grows
+GAIN_CLAIMS = (
+    (("det_fgd_dpk_large", "det_fgd_large"), ("det_fgd_dpk", "det_fgd"),
+     "DPK's gain over FGD is larger from the larger teacher (004 Table 4)"),
+)  # fmt: skip
 AT_LEAST = {"det_fgd_dpk"}  # claims of the form "≥": an unresolved difference is what they predict
 COLUMNS = (
     "arm",
@@ -113,7 +148,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True)
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu")
     parser.add_argument("--smoke", action="store_true", help="the smoke protocol (same as --protocol smoke)")
-    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of " + ",".join(ARMS))
+    parser.add_argument("--arms", default="", help="comma-separated subset of " + ",".join(ARMS))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--report-only", action="store_true")
@@ -143,16 +178,16 @@ def recipe_for(
     return write_yaml(values, out / "recipe.yaml")
 
 
-TST_ARMS = {arm for arm, (_, recipe) in ARMS.items() if recipe.startswith("tst_")}
+TST_ARMS = {arm for arm, spec in ARMS.items() if spec[1].startswith("tst_")}
 
 
 def tasks_with_tst(arms: list[str]) -> list[str]:
-    return sorted({ARMS[arm][0] for arm in arms if arm in TST_ARMS})
+    return sorted({TEACHERS[ARMS[arm][0]][0] for arm in arms if arm in TST_ARMS})
 
 
 def fit_tst(task: str, out: Path, bed: Path, proto: Protocol, device: str) -> Path:
     """TST's Stage I encoders for the task's test bed (once; a matching file is re-used)."""
-    recipe = next(r for a, (t, r) in ARMS.items() if a in TST_ARMS and t == task)
+    recipe = next(spec[1] for a, spec in ARMS.items() if a in TST_ARMS and TEACHERS[spec[0]][0] == task)
     encoders = out / "tst_encoders" / f"{task}.pt"
     path = recipe_for(recipe, out / "recipes" / f"tst-fit-{task}", proto.student_epochs, 0, device,
                       {"augmenter": {"encoders": str(encoders)}})  # fmt: skip
@@ -196,34 +231,27 @@ def run(args: argparse.Namespace) -> Path:
 
         generate_scenes(args.fmnist, bed, train=proto.train, val=proto.val, overwrite=bed.exists())
     threads = 1 if args.device == "cpu" else 2
-    arms = [a for a in args.arms.split(",") if a]
+    arms = [a for a in args.arms.split(",") if a] or list(proto.arms or ARMS)
     unknown = sorted(set(arms) - set(ARMS))
     if unknown:
         raise SystemExit(f"unknown arms {unknown}; valid: {', '.join(ARMS)}")
-    tasks = {ARMS[a][0] for a in arms}
+    roles = {ARMS[a][0] for a in arms}
     teachers: dict[str, Path] = {}
     started = time.time()
 
-    def train_teacher(task: str) -> tuple[str, Path]:
-        recipe, _ = TEACHERS[task]
-        run_dir = out / "teachers" / task
+    def train_teacher(role: str) -> tuple[str, Path]:
+        _, recipe, _, changes = TEACHERS[role]
+        run_dir = out / "teachers" / role
         if not run_finished(run_dir):
-            path = recipe_for(
-                recipe,
-                out / "recipes" / f"teacher-{task}",
-                proto.teacher_epochs,
-                0,
-                args.device,
-                {},
-                scale=False,
-            )
+            recipe_dir = out / "recipes" / f"teacher-{role}"
+            path = recipe_for(recipe, recipe_dir, proto.teacher_epochs, 0, args.device, changes, scale=False)
             code = train("train", path, run_dir, bed, threads, [])
             if code != 0:
-                raise SystemExit(f"teacher {task} failed with exit {code}; see {run_dir}.log")
-        return task, run_dir / "last.pt"
+                raise SystemExit(f"teacher {role} failed with exit {code}; see {run_dir}.log")
+        return role, run_dir / "last.pt"
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        teachers.update(pool.map(train_teacher, sorted(tasks)))
+        teachers.update(pool.map(train_teacher, sorted(roles)))
     first = [a for a in arms if a in BASELINE_ARMS]
     later = [a for a in arms if a not in first]
     jobs = [(arm, seed) for group in (first, later) for seed in range(proto.seeds) for arm in group]
@@ -231,11 +259,14 @@ def run(args: argparse.Namespace) -> Path:
 
     def train_student(job: tuple[str, int]) -> tuple[str, int, int]:
         arm, seed = job
-        task, recipe = ARMS[arm]
+        role, recipe, *changes = ARMS[arm]
+        task = TEACHERS[role][0]
         run_dir = out / "runs" / f"{arm}-seed{seed}"
         if run_finished(run_dir):
             return arm, seed, 0
-        extra_values = {"augmenter": {"encoders": str(encoders[task])}} if arm in TST_ARMS else {}
+        extra_values = dict(changes[0]) if changes else {}
+        if arm in TST_ARMS:
+            extra_values["augmenter"] = {"encoders": str(encoders[task])}
         path = recipe_for(
             recipe,
             out / "recipes" / f"{arm}-seed{seed}",
@@ -245,7 +276,7 @@ def run(args: argparse.Namespace) -> Path:
             extra_values,
         )
         mode = "train" if arm.endswith("student") else "distill"
-        extra = [] if mode == "train" else ["--teacher-checkpoint", str(teachers[task])]
+        extra = [] if mode == "train" else ["--teacher-checkpoint", str(teachers[role])]
         return arm, seed, train(mode, path, run_dir, bed, threads, extra)
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -255,11 +286,11 @@ def run(args: argparse.Namespace) -> Path:
     for arm, seed in jobs:
         run_dir = out / "runs" / f"{arm}-seed{seed}"
         if run_finished(run_dir):
-            task = ARMS[arm][0]
-            rows.append(summary_row(arm, seed, task, TEACHERS[task][1], run_dir))
-    for task in sorted(tasks):
-        run_dir = out / "teachers" / task
-        rows.append(summary_row(f"teacher_{task}", 0, task, TEACHERS[task][1], run_dir))
+            task, _, metric, _ = TEACHERS[ARMS[arm][0]]
+            rows.append(summary_row(arm, seed, task, metric, run_dir))
+    for role in sorted(roles):
+        task, _, metric, _ = TEACHERS[role]
+        rows.append(summary_row(f"teacher_{role}", 0, task, metric, out / "teachers" / role))
     with open(out / "runs.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, COLUMNS)
         writer.writeheader()
@@ -310,13 +341,15 @@ def report(out: Path) -> str:
         best = [r["metric_best"] for r in rows if r["arm"] == arm and r["metric_best"] is not None]
         lines.append(f"| {arm} | {len(values)} | {_mean_std(values)} | {_mean_std(best)} |")
     lines += ["", "## Teacher − student gap (teacher: one run, seed 0)", ""]
-    for task, student in (("detection", "det_student"), ("segmentation", "seg_student")):
-        teacher = by_arm.get(f"teacher_{task}", {}).get(0)
-        students = list(by_arm.get(student, {}).values())
-        if teacher is None or not students:
+    students = {"detection_frcnn": "frcnn_student", "segmentation": "seg_student"}
+    for role in TEACHERS:
+        student = students.get(role, "det_student")
+        teacher = by_arm.get(f"teacher_{role}", {}).get(0)
+        values = list(by_arm.get(student, {}).values())
+        if teacher is None or not values:
             continue
-        gap = teacher - sum(students) / len(students)
-        lines.append(f"- {task}: teacher {teacher:.2f}, plain student {_mean_std(students)}: gap {gap:+.2f}")
+        gap = teacher - sum(values) / len(values)
+        lines.append(f"- {role}: teacher {teacher:.2f}, plain student {_mean_std(values)}: gap {gap:+.2f}")
     lines += ["", "## Claims (paired by seed, seeds fixed before the runs)", ""]
     lines += ["| claim | seeds | mean difference | 95 % interval | verdict |", "|---|---|---|---|---|"]
     for better, worse, text in CLAIMS:
@@ -326,6 +359,16 @@ def report(out: Path) -> str:
         interval = "–" if judged.low is None else f"[{judged.low:+.2f}, {judged.high:+.2f}]"
         lines.append(
             f"| {text} | {judged.paired.n} | {judged.paired.mean:+.2f} | {interval} | {judged.words} |"
+        )
+    for (a, b), (c, d), text_ in GAIN_CLAIMS:
+        if not all(arm in by_arm for arm in (a, b, c, d)):
+            continue
+        seeds = set(by_arm[a]) & set(by_arm[b]) & set(by_arm[c]) & set(by_arm[d])
+        gains = {s: (by_arm[a][s] - by_arm[b][s]) - (by_arm[c][s] - by_arm[d][s]) for s in seeds}
+        judged = judge(paired(gains, dict.fromkeys(seeds, 0.0)))
+        interval = "–" if judged.low is None else f"[{judged.low:+.2f}, {judged.high:+.2f}]"
+        lines.append(
+            f"| {text_} | {judged.paired.n} | {judged.paired.mean:+.2f} | {interval} | {judged.words} |"
         )
     text = "\n".join(lines) + "\n"
     (out / "RESULTS.md").write_text(text)
