@@ -24,6 +24,26 @@ def fmnist_root() -> Path:
     pytest.skip("real Fashion-MNIST not found (set DATAKD_FMNIST)")
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny convolutions on a shared 2-core machine run much faster on one thread, and sums are then
+    reproduced bit for bit (use with `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def scenes_bed(fmnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny scenes test bed (16 train / 8 val canvases of 64 px from the real Fashion-MNIST), shared."""
+    from datakd.data.dense.scenes import generate_scenes
+
+    out = tmp_path_factory.mktemp("scenes_bed") / "bed"
+    generate_scenes(fmnist_root, out, train=16, val=8, size=64, seed=1)
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _single_thread_determinism():
     torch.manual_seed(0)

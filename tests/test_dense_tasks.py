@@ -18,7 +18,6 @@ import torch
 from datakd.checkpoint import load_checkpoint
 from datakd.cli import main
 from datakd.config import config_from_dict
-from datakd.data.dense.scenes import generate_scenes
 from datakd.engine.build import build_trainer
 from datakd.errors import ConfigError
 from tests.helpers import crash_and_resume
@@ -30,20 +29,12 @@ DETECTION_LOSSES = ("det_kd", "mimic", "fgd")
 EVAL_FLAGS = ("--quiet", "--device", "cpu", "--data-root")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions on a shared 2-core machine run much faster on one thread (and deterministically)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def bed(fmnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dense") / "bed"
-    generate_scenes(fmnist_root, out, train=TRAIN, val=VAL, size=SIZE, seed=1)
-    return out
+def bed(scenes_bed: Path) -> Path:
+    return scenes_bed
 
 
 def recipe(out: Path, bed: Path, task: str, student: str, loss: dict[str, Any], **changes: Any) -> Any:

@@ -51,13 +51,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "last.pt"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The reference and the subprocesses run on one thread; float sums must match bit for bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def signal_at_step(monkeypatch, call: int, signum: int = signal.SIGTERM) -> None:

@@ -19,7 +19,6 @@ from datakd.augmenters.tst.geometry import warp_label_maps, warp_target
 from datakd.augmenters.tst.policy import TSTPolicy
 from datakd.augmenters.tst.search import frozen_student, search_update
 from datakd.cli import main
-from datakd.data.dense.scenes import generate_scenes
 from datakd.data.loaders import Normalizer
 from datakd.engine.build import build_trainer
 from datakd.errors import ConfigError
@@ -35,19 +34,12 @@ MEAN, STD = (0.3, 0.3, 0.3), (0.3, 0.3, 0.3)
 FIT = FitConfig(epochs_spatial=1, epochs_color=1, batch_size=8, max_iters=3, image_size=32, eval_images=8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def bed(fmnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tst_dense") / "bed"
-    generate_scenes(fmnist_root, out, train=TRAIN, val=VAL, size=SIZE, seed=1)
-    return out
+def bed(scenes_bed: Path) -> Path:
+    return scenes_bed
 
 
 def teacher(tmp: Path, bed: Path, task: str, name: str, loss: dict[str, Any]) -> Path:
