@@ -23,6 +23,7 @@ import argparse
 import csv
 import json
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,6 +53,9 @@ class Protocol:
     student_epochs: int
     seeds: int
     arms: tuple[str, ...] = ()  # the protocol's arms (empty: all)
+    # TST Stage I: at most this many iterations per op (the recipe's 10 epochs over 2,000 canvases take
+    # about 20 minutes per task on this CPU; None: the recipe's fit)
+    tst_fit_iters: int | None = None
 
 
 # role -> (task, teacher recipe, metric column of summary.json, recipe changes)
@@ -94,7 +98,9 @@ CPU_ARMS = (
     "det_kd_mimic", "det_tst_kd", "det_tst_kd_mimic", "det_fgd_dpk", "seg_tst",
 )  # fmt: skip
 PROTOCOLS = {
-    "cpu": Protocol(train=2000, val=500, teacher_epochs=36, student_epochs=12, seeds=3, arms=CPU_ARMS),
+    "cpu": Protocol(
+        train=2000, val=500, teacher_epochs=36, student_epochs=12, seeds=3, arms=CPU_ARMS, tst_fit_iters=160
+    ),
     "gpu": Protocol(train=2000, val=500, teacher_epochs=36, student_epochs=12, seeds=5),
     "smoke": Protocol(
         train=24,
@@ -181,16 +187,22 @@ def recipe_for(
 TST_ARMS = {arm for arm, spec in ARMS.items() if spec[1].startswith("tst_")}
 
 
-def tasks_with_tst(arms: list[str]) -> list[str]:
-    return sorted({TEACHERS[ARMS[arm][0]][0] for arm in arms if arm in TST_ARMS})
+def tst_augmenter(recipe: str, encoders: Path, proto: Protocol) -> dict[str, Any]:
+    """The TST recipe's augmenter with the protocol's encoders file and Stage I budget (the same in the
+    fit and in every run, so the runs accept the file)."""
+    augmenter = dict(yaml.safe_load((RECIPES / recipe).read_text())["augmenter"])
+    augmenter["encoders"] = str(encoders)
+    if proto.tst_fit_iters is not None:
+        augmenter["fit"] = {**augmenter.get("fit", {}), "max_iters": proto.tst_fit_iters}
+    return augmenter
 
 
 def fit_tst(task: str, out: Path, bed: Path, proto: Protocol, device: str) -> Path:
     """TST's Stage I encoders for the task's test bed (once; a matching file is re-used)."""
     recipe = next(spec[1] for a, spec in ARMS.items() if a in TST_ARMS and TEACHERS[spec[0]][0] == task)
     encoders = out / "tst_encoders" / f"{task}.pt"
-    path = recipe_for(recipe, out / "recipes" / f"tst-fit-{task}", proto.student_epochs, 0, device,
-                      {"augmenter": {"encoders": str(encoders)}})  # fmt: skip
+    changes = {"augmenter": tst_augmenter(recipe, encoders, proto)}
+    path = recipe_for(recipe, out / "recipes" / f"tst-fit-{task}", proto.student_epochs, 0, device, changes)
     cmd = [sys.executable, "-m", "datakd", "tst", "fit", "--config", str(path), "--data-root", str(bed)]
     code = run_logged([*cmd, "--quiet"], out / "tst_encoders" / f"{task}.log", 2)
     if code != 0:
@@ -255,7 +267,15 @@ def run(args: argparse.Namespace) -> Path:
     first = [a for a in arms if a in BASELINE_ARMS]
     later = [a for a in arms if a not in first]
     jobs = [(arm, seed) for group in (first, later) for seed in range(proto.seeds) for arm in group]
-    encoders = {task: fit_tst(task, out, bed, proto, args.device) for task in tasks_with_tst(arms)}
+    encoders: dict[str, Path] = {}
+    fitting = threading.Lock()
+
+    def encoders_for(task: str) -> Path:
+        """Stage I once per task, when its first TST run starts (the baselines run meanwhile)."""
+        with fitting:
+            if task not in encoders:
+                encoders[task] = fit_tst(task, out, bed, proto, args.device)
+        return encoders[task]
 
     def train_student(job: tuple[str, int]) -> tuple[str, int, int]:
         arm, seed = job
@@ -266,7 +286,7 @@ def run(args: argparse.Namespace) -> Path:
             return arm, seed, 0
         extra_values = dict(changes[0]) if changes else {}
         if arm in TST_ARMS:
-            extra_values["augmenter"] = {"encoders": str(encoders[task])}
+            extra_values["augmenter"] = tst_augmenter(recipe, encoders_for(task), proto)
         path = recipe_for(
             recipe,
             out / "recipes" / f"{arm}-seed{seed}",
