@@ -10,7 +10,7 @@ difference of the last-epoch metric (COCO mAP, mIoU), its 95 % t-interval and th
 benchmarks/evidence/stats.judge, the one verdict function.
 
     python benchmarks/evidence/dense.py --fmnist ../shared/data/fashion-mnist --out runs/dense-evidence
-    python benchmarks/evidence/dense.py --out OUT --report-only          # RESULTS.md from OUT/runs.csv
+    python benchmarks/evidence/dense.py --out OUT --report-only          # runs.csv + RESULTS.md from OUT
     python benchmarks/evidence/dense.py --fmnist DIR --out OUT --smoke   # the pipeline in about a minute
 
 Reruns skip finished runs and resume killed ones (`--resume auto`). Two runs at a time on this 2-core CPU
@@ -302,19 +302,7 @@ def run(args: argparse.Namespace) -> Path:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for arm, seed, code in pool.map(train_student, jobs):
             print(f"{arm} seed {seed}: {'ok' if code == 0 else f'exit {code}'}", flush=True)
-    rows = []
-    for arm, seed in jobs:
-        run_dir = out / "runs" / f"{arm}-seed{seed}"
-        if run_finished(run_dir):
-            task, _, metric, _ = TEACHERS[ARMS[arm][0]]
-            rows.append(summary_row(arm, seed, task, metric, run_dir))
-    for role in sorted(roles):
-        task, _, metric, _ = TEACHERS[role]
-        rows.append(summary_row(f"teacher_{role}", 0, task, metric, out / "teachers" / role))
-    with open(out / "runs.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    collect(out)
     meta = {
         "protocol": args.protocol if not args.smoke else "smoke",
         "sizes": proto.__dict__,
@@ -324,6 +312,25 @@ def run(args: argparse.Namespace) -> Path:
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out
+
+
+def collect(out: Path) -> list[dict[str, Any]]:
+    """OUT/runs.csv from every finished run under OUT/runs and OUT/teachers (the run directories are the
+    record; a run still training or killed is left out), so a report can be written while runs go on."""
+    rows = []
+    for run_dir in sorted(p for p in (out / "runs").glob("*-seed*") if p.is_dir()):
+        arm, _, seed = run_dir.name.rpartition("-seed")
+        if arm in ARMS and run_finished(run_dir):
+            task, _, metric, _ = TEACHERS[ARMS[arm][0]]
+            rows.append(summary_row(arm, int(seed), task, metric, run_dir))
+    for role, (task, _, metric, _) in TEACHERS.items():
+        if run_finished(out / "teachers" / role):
+            rows.append(summary_row(f"teacher_{role}", 0, task, metric, out / "teachers" / role))
+    with open(out / "runs.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
 
 
 def read_rows(out: Path) -> list[dict[str, Any]]:
@@ -410,6 +417,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     if not args.report_only:
         run(args)
+    elif (out / "runs").is_dir():
+        collect(out)
     print(report(out))
 
 
