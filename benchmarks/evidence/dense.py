@@ -347,6 +347,7 @@ def report(out: Path) -> str:
     """RESULTS.md: the teacher-student gap and every claim's verdict, from OUT/runs.csv alone."""
     rows = read_rows(out)
     meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").is_file() else {}
+    design = meta.get("sizes", {}).get("seeds")
     by_arm: dict[str, dict[int, float]] = {}
     for row in rows:
         if row["metric_last"] is not None:
@@ -385,7 +386,7 @@ def report(out: Path) -> str:
         judged = judge(paired(by_arm[better], by_arm[worse]), at_least=better in AT_LEAST)
         interval = "–" if judged.low is None else f"[{judged.low:+.2f}, {judged.high:+.2f}]"
         lines.append(
-            f"| {text} | {judged.paired.n} | {judged.paired.mean:+.2f} | {interval} | {judged.words} |"
+            f"| {text} | {judged.paired.n} | {judged.paired.mean:+.2f} | {interval} | {judged.words}{_short(judged.paired.n, design)} |"
         )
     for (a, b), (c, d), text_ in GAIN_CLAIMS:
         if not all(arm in by_arm for arm in (a, b, c, d)):
@@ -395,11 +396,18 @@ def report(out: Path) -> str:
         judged = judge(paired(gains, dict.fromkeys(seeds, 0.0)))
         interval = "–" if judged.low is None else f"[{judged.low:+.2f}, {judged.high:+.2f}]"
         lines.append(
-            f"| {text_} | {judged.paired.n} | {judged.paired.mean:+.2f} | {interval} | {judged.words} |"
+            f"| {text_} | {judged.paired.n} | {judged.paired.mean:+.2f} | {interval} | {judged.words}{_short(judged.paired.n, design)} |"
         )
     text = "\n".join(lines) + "\n"
     (out / "RESULTS.md").write_text(text)
     return text
+
+
+def _short(seeds: int, design: int | None) -> str:
+    """Said of a claim whose runs stopped before the design's seeds: its verdict is not the design's."""
+    if design is None or seeds >= design:
+        return ""
+    return f" (only {seeds} of the design's {design} seeds finished: not the design's verdict)"
 
 
 def _mean_std(values: list[float]) -> str:
