@@ -385,9 +385,8 @@ def report(out: Path) -> str:
             continue
         judged = judge(paired(by_arm[better], by_arm[worse]), at_least=better in AT_LEAST)
         interval = "–" if judged.low is None else f"[{judged.low:+.2f}, {judged.high:+.2f}]"
-        lines.append(
-            f"| {text} | {judged.paired.n} | {judged.paired.mean:+.2f} | {interval} | {judged.words}{_short(judged.paired.n, design)} |"
-        )
+        words = judged.words + _short(judged.paired.n, design)
+        lines.append(f"| {text} | {judged.paired.n} | {judged.paired.mean:+.2f} | {interval} | {words} |")
     for (a, b), (c, d), text_ in GAIN_CLAIMS:
         if not all(arm in by_arm for arm in (a, b, c, d)):
             continue
@@ -395,9 +394,8 @@ def report(out: Path) -> str:
         gains = {s: (by_arm[a][s] - by_arm[b][s]) - (by_arm[c][s] - by_arm[d][s]) for s in seeds}
         judged = judge(paired(gains, dict.fromkeys(seeds, 0.0)))
         interval = "–" if judged.low is None else f"[{judged.low:+.2f}, {judged.high:+.2f}]"
-        lines.append(
-            f"| {text_} | {judged.paired.n} | {judged.paired.mean:+.2f} | {interval} | {judged.words}{_short(judged.paired.n, design)} |"
-        )
+        words = judged.words + _short(judged.paired.n, design)
+        lines.append(f"| {text_} | {judged.paired.n} | {judged.paired.mean:+.2f} | {interval} | {words} |")
     text = "\n".join(lines) + "\n"
     (out / "RESULTS.md").write_text(text)
     return text
