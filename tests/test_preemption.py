@@ -207,3 +207,61 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path: Path, monkeypa
     assert (out / "last.pt").read_bytes() == saved["last"]
     assert sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp")) == []
     assert load_checkpoint(out / "last.pt")["step"] == 3
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_exits_75_and_resumes(
+    tmp_path: Path, scenes_bed: Path
+) -> None:
+    """A scheduler signals the job's whole process group: the loader workers ignore it, the training
+    process checkpoints after its step and exits 75 (before, the workers died and the run ended in
+    "DataLoader worker is killed by signal: Terminated", exit 1); resumed, it equals an uninterrupted run."""
+    values = {
+        "name": "group",
+        "task": "detection",
+        "device": "cpu",
+        "epochs": 3,
+        "data": {"dataset": "coco", "root": str(scenes_bed), "batch_size": 2, "workers": 2},
+        "student": {"name": "retinanet_r18_fpn_nano"},
+        "optim": {"lr": 0.01, "weight_decay": 1e-4},
+        "loss": {"detector": {}},
+        "engine": {"tensorboard": False},
+    }
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(values))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+    def command(out: Path) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "datakd",
+            "train",
+            "--config",
+            str(recipe),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+
+    straight = subprocess.run(
+        command(tmp_path / "straight"), env=env, cwd=REPO, capture_output=True, timeout=300
+    )
+    assert straight.returncode == 0, straight.stderr
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        command(out), env=env, cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        deadline = time.time() + 120
+        while not (out / "metrics.csv").exists() and time.time() < deadline and process.poll() is None:
+            time.sleep(0.02)  # epoch 1 has ended: the run is in epoch 2, its workers running
+        os.killpg(process.pid, signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == PREEMPTED_EXIT_CODE, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    resumed = subprocess.run([*command(out), "--resume"], env=env, cwd=REPO, capture_output=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_identical(weights(tmp_path / "straight" / "last.pt"), weights(out / "last.pt"))

@@ -26,6 +26,7 @@ from datakd.data.loaders import (
     TrainLoader,
     generator_for,
     random_crop_flip,
+    worker_ignores_preemption,
 )
 from datakd.faults import DataReadError, reason
 
@@ -217,6 +218,7 @@ class WorkerLoader(TrainLoader):
             collate_fn=_collate,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
+            worker_init_fn=worker_ignores_preemption,
         )
         for step, collated in enumerate(loader, start=start_step):
             images, labels, indices = _checked(collated)
@@ -251,6 +253,7 @@ def eval_batches(
         num_workers=workers,
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
+        worker_init_fn=worker_ignores_preemption,
     )
     for collated in loader:
         images, labels, indices = _checked(collated)

@@ -32,7 +32,14 @@ from datakd.data.dense.cityscapes import IGNORE, SegmentationSplit, read_label_m
 from datakd.data.dense.coco import DetectionSplit
 from datakd.data.dense.transforms import DenseAugment, detection_sample, segmentation_sample
 from datakd.data.file_loader import decode
-from datakd.data.loaders import Batch, Normalizer, TrainLoader, derive_seed, generator_for
+from datakd.data.loaders import (
+    Batch,
+    Normalizer,
+    TrainLoader,
+    derive_seed,
+    generator_for,
+    worker_ignores_preemption,
+)
 from datakd.errors import ConfigError, DatakdError, choice_error
 
 TASKS = ("detection", "segmentation")
@@ -248,6 +255,7 @@ class _Feeder:
                 pin_memory=self.device.type == "cuda",
                 generator=torch.Generator().manual_seed(derive_seed(self.seed, 0xDA7A)),
                 persistent_workers=self.workers > 0,
+                worker_init_fn=worker_ignores_preemption,
             )
         return iter(self.loader)
 
