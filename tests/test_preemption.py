@@ -265,3 +265,27 @@ def test_sigterm_to_the_process_group_with_loader_workers_exits_75_and_resumes(
     resumed = subprocess.run([*command(out), "--resume"], env=env, cwd=REPO, capture_output=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert_identical(weights(tmp_path / "straight" / "last.pt"), weights(out / "last.pt"))
+
+
+def test_a_process_that_exits_holding_loader_workers_ends() -> None:
+    """At interpreter exit `multiprocessing` terminates the daemonic workers of a loader that is still
+    alive and joins them; workers that ignored every SIGTERM hung that join forever (a CI run timed out on
+    it after all its tests had passed). Their parent's SIGTERM must still end them."""
+    script = (
+        "from torch.utils.data import DataLoader\n"
+        "from datakd.data.loaders import worker_ignores_preemption\n"
+        "loader = DataLoader(list(range(64)), batch_size=8, num_workers=2, persistent_workers=True,\n"
+        "                    worker_init_fn=worker_ignores_preemption)\n"
+        "batches = iter(loader)\n"
+        "next(batches)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, cwd=REPO, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, err

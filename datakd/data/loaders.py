@@ -53,16 +53,33 @@ GROUP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGHUP")
 
 
 def worker_ignores_preemption(_worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: a loader worker ignores the preemption signals, so that a SIGTERM to the
-    whole process group (Slurm, `kill -TERM -PGID`) reaches the training process alone, which finishes its
-    step, checkpoints and shuts its workers down (exit 75), instead of dying in the middle of an epoch on
-    "DataLoader worker is killed by signal: Terminated". Workers still exit when their parent does (torch's
-    worker loop watches it)."""
-    import signal
+    """DataLoader `worker_init_fn`: a loader worker ignores the preemption signals that come from outside,
+    so that a SIGTERM to the whole process group (Slurm, `kill -TERM -PGID`) reaches the training process
+    alone, which finishes its step, checkpoints and shuts its workers down (exit 75), instead of dying in
+    the middle of an epoch on "DataLoader worker is killed by signal: Terminated".
 
-    for name in GROUP_SIGNALS:
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    The same signal from the worker's parent still ends it: at interpreter exit, `multiprocessing`
+    terminates the daemonic workers a live loader still holds (SIGTERM) and then joins them, so a worker
+    that ignored every SIGTERM hung the parent's exit forever (a CI run once timed out on it after its
+    tests had passed). The signals are blocked and a thread reads each one with `sigwaitinfo`, which names
+    the sender. Where `sigwaitinfo` is missing (macOS) the worker keeps the default dispositions."""
+    import os
+    import signal
+    import threading
+
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    signals = {getattr(signal, name) for name in GROUP_SIGNALS if hasattr(signal, name)}
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+
+    def wait_for_the_parent() -> None:
+        while True:
+            info = signal.sigwaitinfo(signals)
+            if info.si_pid == parent:
+                os._exit(128 + info.si_signo)
+
+    threading.Thread(target=wait_for_the_parent, name="datakd-worker-signals", daemon=True).start()
 
 
 def derive_seed(*parts: int) -> int:
