@@ -3,6 +3,7 @@ real tiny runs (with an exact resume) on the scenes test bed built from the real
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -16,6 +17,7 @@ from datakd.augmenters.tst.dense import augment_detection, augment_segmentation
 from datakd.augmenters.tst.encoder_file import FitConfig
 from datakd.augmenters.tst.encoders import make_encoders, set_fill
 from datakd.augmenters.tst.geometry import warp_label_maps, warp_target
+from datakd.augmenters.tst.ops import op_index
 from datakd.augmenters.tst.policy import TSTPolicy
 from datakd.augmenters.tst.search import frozen_student, search_update
 from datakd.cli import main
@@ -136,16 +138,153 @@ def test_objects_leaving_the_canvas_are_dropped_and_counted() -> None:
     }
     # content 32 px left: box 0 leaves, box 2 keeps its right half (x 24..40 -> -8..8), box 1 stays
     theta = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
-    kept, dropped = warp_target(target, theta, SIZE, SIZE, min_visible=0.25)
-    assert dropped == 1 and kept["labels"].tolist() == [2, 3]
+    kept, keep = warp_target(target, theta, SIZE, SIZE, min_visible=0.25)
+    assert keep.tolist() == [False, True, True] and kept["labels"].tolist() == [2, 3]
     assert torch.allclose(kept["boxes"], torch.tensor([[8.0, 10.0, 28.0, 30.0], [0.0, 10.0, 8.0, 30.0]]))
     assert torch.allclose(kept["area"], torch.tensor([400.0, 160.0])) and int(kept["image_id"]) == 7
-    strict, dropped = warp_target(target, theta, SIZE, SIZE, min_visible=0.6)
-    assert dropped == 2 and strict["labels"].tolist() == [2]
+    strict, keep = warp_target(target, theta, SIZE, SIZE, min_visible=0.6)
+    assert keep.tolist() == [False, True, False] and strict["labels"].tolist() == [2]
     policy = affine_policy(["TranslateX"], {"TranslateX": [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]})
     torch.manual_seed(0)
     out = augment_detection(policy, [torch.rand(3, SIZE, SIZE)], [target], policy.normalizer, policy.sample())
     assert (out.dropped, out.objects) == (1, 3)
+
+
+TRANSLATE = op_index("TranslateX")
+
+
+def moving_policy(colour: bool = True) -> TSTPolicy:
+    """Rotate 10° plus a TranslateX whose content shift grows with its magnitude: Â's x offset is
+    0.1 − 0.4·m (output → input), so a larger m moves the content right; Brightness on top."""
+    policy = affine_policy(
+        ["Rotate", "TranslateX", *(["Brightness"] if colour else [])],
+        {"Rotate": rotation(10.0), "TranslateX": rotation(0.0, 0.1)},
+    )
+    with torch.no_grad():
+        policy.encoders["TranslateX"].fc.weight[2, 6] = -0.4
+    return policy
+
+
+def scene(masks: bool) -> tuple[torch.Tensor, dict[str, Any]]:
+    """One 64×64 image with three objects: two inside the canvas, one the warp pushes off it."""
+    image = torch.rand(3, SIZE, SIZE)
+    boxes = torch.tensor([[8.0, 10.0, 30.0, 28.0], [34.0, 30.0, 50.0, 52.0], [60.0, 2.0, 64.0, 6.0]])
+    target: dict[str, Any] = {
+        "boxes": boxes,
+        "labels": torch.tensor([1, 2, 3]),
+        "area": torch.ones(3),
+        "image_id": torch.tensor(4),
+    }
+    if masks:
+        target["masks"] = torch.zeros(3, SIZE, SIZE, dtype=torch.uint8)
+        for k, (x1, y1, x2, y2) in enumerate(boxes.long().tolist()):
+            target["masks"][k, y1:y2, x1:x2] = 1
+    return image, target
+
+
+@pytest.mark.parametrize("masks", [False, True], ids=["boxes", "masks"])
+def test_stage_two_targets_keep_their_values_bit_for_bit(masks: bool) -> None:
+    """With θ carrying grad (Stage II) the boxes carry θ's gradient, but images, boxes, masks, labels and
+    areas are bit for bit those of the detached warp (no grad: Stage III, and the code before)."""
+    policy = moving_policy()
+    image, target = scene(masks)
+    runs = []
+    for grad in (True, False):
+        torch.manual_seed(3)
+        with torch.set_grad_enabled(grad):
+            runs.append(augment_detection(policy, [image], [target], policy.normalizer, policy.sample()))
+    live, fixed = runs
+    assert live.annotations[0]["boxes"].requires_grad and not fixed.annotations[0]["boxes"].requires_grad
+    assert (live.dropped, live.objects) == (fixed.dropped, fixed.objects) == (1, 3)
+    assert torch.equal(live.images[0], fixed.images[0])
+    assert set(live.annotations[0]) == set(fixed.annotations[0])
+    for key, value in fixed.annotations[0].items():
+        assert torch.equal(live.annotations[0][key], value), key
+        assert live.annotations[0][key].dtype == value.dtype, key
+
+
+def test_stage_two_boxes_follow_theta_in_the_gradient() -> None:
+    """The image held fixed, a loss on the boxes alone has a gradient in θ_m(TranslateX): positive for the
+    boxes' x (a larger magnitude shifts the content right), and equal to a float64 central difference of
+    the boxes `warp_target` computes; the box the canvas clips at x = 64 does not move there."""
+    policy = moving_policy(colour=False).double()  # float64 θ, Â and boxes
+    image, target = scene(False)
+    target = {**target, "boxes": target["boxes"].double()}
+    target["boxes"][2] = torch.tensor([4.0, 46.0, 20.0, 64.0], dtype=torch.float64)  # kept, clipped below
+    weights = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+
+    def boxes_at(logit: float | None) -> torch.Tensor:
+        if logit is not None:
+            with torch.no_grad():
+                policy.mag_logits[TRANSLATE] = logit
+        torch.manual_seed(3)
+        out = augment_detection(policy, [image], [target], policy.normalizer, policy.sample(), random=False)
+        assert out.dropped == 0
+        return out.annotations[0]["boxes"]
+
+    start = float(policy.mag_logits[TRANSLATE].detach())
+    boxes = boxes_at(None)
+    (grad,) = torch.autograd.grad((boxes * weights).sum(), policy.mag_logits, retain_graph=True)
+    x_grad = torch.autograd.grad(boxes[:, [0, 2]].sum(), policy.mag_logits, retain_graph=True)[0][TRANSLATE]
+    assert x_grad > 0, x_grad
+    h = 1e-3
+    with torch.no_grad():
+        numeric = ((boxes_at(start + h) - boxes_at(start - h)) * weights).sum() / (2 * h)
+        moved = (boxes_at(start + 1.0) - boxes_at(start))[:, 0]
+    assert float(grad[TRANSLATE]) == pytest.approx(float(numeric), rel=1e-4), (grad, numeric)
+    assert bool((moved > 0).all())  # the content really moved right
+    (y_bottom,) = torch.autograd.grad(boxes[2, 3], policy.mag_logits)
+    assert float(boxes[2, 3].detach()) == SIZE and float(y_bottom.abs().sum()) < 1e-12
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [
+        ("retinanet_r18_fpn_tiny", "retinanet_r18_fpn_nano"),
+        ("fcos_r18_fpn_tiny", "fcos_r18_fpn_nano"),
+        ("fasterrcnn_r18_fpn_tiny", "fasterrcnn_r18_fpn_nano"),
+        ("maskrcnn_r18_fpn_tiny", "maskrcnn_r18_fpn_nano"),
+    ],
+    ids=lambda pair: pair[1].split("_")[0],
+)
+def test_stage_two_gradient_reaches_theta_through_the_targets(pair: tuple[str, str]) -> None:
+    """Images held fixed (detached), so θ's gradient can only come through the boxes: the teacher's term
+    (its regression targets; FCOS: none, its loss is NaN in the boxes) and the student's (the IoU with b)
+    reach θ_m(TranslateX), finite, and nothing in torchvision's matching / sampling / RoIAlign raises on
+    targets that carry grad. Untrained detectors, so two knobs: an untrained RPN proposes nothing near the
+    objects and the ground-truth proposals move with their boxes (no gradient), so the R-CNN student's
+    matcher takes IoU ≥ 0.05 as foreground; an untrained FCOS predicts empty boxes (IoU 0, no gradient),
+    so its box-regression bias is set to 0.5 (boxes the size of their anchor)."""
+    from torchvision.models.detection._utils import Matcher
+
+    from datakd.augmenters.tst.dense import detection_search_loss
+    from datakd.models.registry import create
+
+    torch.manual_seed(0)
+    teacher_net, student_net = (create(name, 4).eval().requires_grad_(False) for name in pair)
+    if hasattr(student_net, "roi_heads"):
+        student_net.roi_heads.proposal_matcher = Matcher(0.05, 0.05, allow_low_quality_matches=False)
+    if pair[1].startswith("fcos"):
+        student_net.head.regression_head.bbox_reg.bias.fill_(0.5)
+    policy = moving_policy()
+    images, targets = [], []
+    for k in range(2):
+        image, target = scene(True)
+        images.append(image)
+        targets.append({**target, "labels": torch.tensor([1, 2, 3]) + k % 2})
+    for alpha, beta in ((1.0, 0.0), (0.0, 1.0)):
+        torch.manual_seed(3)
+        aug = augment_detection(policy, images, targets, policy.normalizer, policy.sample())
+        fixed = [image.detach() for image in aug.images]
+        loss, _ = detection_search_loss(
+            student_net, teacher_net, fixed, aug.annotations, alpha, beta, contextlib.nullcontext
+        )
+        (grad,) = torch.autograd.grad(loss, policy.mag_logits)
+        assert torch.isfinite(grad).all(), (alpha, beta, grad)
+        if alpha and pair[0].startswith("fcos"):
+            assert float(grad.abs().sum()) == 0.0
+        else:
+            assert float(grad[TRANSLATE].abs()) > 1e-6, (alpha, beta, grad)
 
 
 def test_stage_two_detection_objective_has_the_right_sign(bed: Path, tmp_path: Path) -> None:

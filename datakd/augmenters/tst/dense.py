@@ -20,6 +20,17 @@ Stage II objectives, in the bounded form of Eq. 2 (α·teacher right + β·stude
   with the class-y deltas); for one-stage detectors the anchors its IoU matcher (RetinaNet's own; for
   FCOS, whose matching is inline in its loss, an IoU 0.5/0.4 matcher of ours) assigns to an object (p the
   sigmoid of class y, b_S the decoded box). b is the matched ground-truth box.
+  The targets follow θ in the gradient (`geometry.boxes_follow_theta`, straight-through: values exactly the
+  detached warp's): with fixed targets, θ's gradient through a geometric op would be that of an image moved
+  under boxes that stayed — a misalignment that raises the teacher's loss and the student's alike, not the
+  augmentation's effect. So b carries that gradient into both terms: the one-stage IoU and the teacher's
+  regression targets (encoded from the ground truth; not for an FCOS teacher, whose torchvision loss gives
+  a NaN gradient in the boxes: `_detached`), and for R-CNNs the sampled proposals' regression targets, in
+  the teacher's box loss and in `truth` of the student's IoU. There the RPN's proposals stay where they are
+  (torchvision detaches them, and RoIAlign has no gradient in its boxes): for a proposal from the RPN the
+  gradient is that of the object and its box moving under a proposal that does not, which is what the box
+  head has to correct; the ground-truth boxes torchvision adds as proposals move with their own target,
+  so their regression targets stay 0 and they add no gradient (as in the real forward).
 * segmentation: Eq. 2 per labelled pixel of the decode head ("out"), α·CE(teacher) + β·(−log(1 − p_S(y)
   + ε)), mean over pixels that are not 255 (the auxiliary head is left out: ours).
 """
@@ -34,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datakd.augmenters.tst.geometry import IGNORE, warp_label_maps, warp_target
+from datakd.augmenters.tst.geometry import IGNORE, boxes_follow_theta, warp_label_maps, warp_target
 from datakd.augmenters.tst.policy import Draw, TSTPolicy
 from datakd.data.loaders import Normalizer
 from datakd.errors import ConfigError
@@ -76,7 +87,8 @@ def augment_detection(
     min_visible: float = 0.25,
     min_size: float = 1.0,
 ) -> DenseAugmented:
-    """One-affine f_DE on [0, 1] detection images; boxes/masks follow the detached Â."""
+    """One-affine f_DE on [0, 1] detection images; boxes/masks take the detached Â's values, and where Â
+    carries grad (Stage II) the kept boxes also its gradient (`boxes_follow_theta`, module docstring)."""
     same = len({tuple(im.shape) for im in images}) == 1
     groups = [list(range(len(images)))] if same else [[i] for i in range(len(images))]
     out_images: list[torch.Tensor] = [images[0]] * len(images)
@@ -90,9 +102,12 @@ def augment_detection(
     targets, dropped, objects = [], 0, 0
     for image, target, theta in zip(images, annotations, thetas):
         height, width = int(image.shape[-2]), int(image.shape[-1])
-        new, lost = warp_target(target, theta, height, width, min_visible, min_size)
+        new, keep = warp_target(target, theta, height, width, min_visible, min_size)
+        if theta.requires_grad and bool(keep.any()):
+            kept = target["boxes"][keep.to(target["boxes"].device)]
+            new["boxes"] = boxes_follow_theta(new["boxes"], kept, theta, height, width)
         targets.append(new)
-        dropped += lost
+        dropped += int((~keep).sum())
         objects += int(target["boxes"].shape[0])
     return DenseAugmented(out_images, None, targets, dropped, objects)
 
@@ -148,8 +163,10 @@ def _two_stage_student(model: nn.Module, out: dict[str, Any]) -> tuple[torch.Ten
     proposals = torch.cat(out["proposals"])[positive]
     coder = model.roi_heads.box_coder
     predicted = coder.decode_single(deltas.reshape(deltas.shape[0], -1, 4)[positive, y], proposals)
+    # Not detached: the regression targets carry the boxes' gradient in θ (`boxes_follow_theta`), as the
+    # one-stage path's matched boxes do; decode(encode(b, proposal), proposal) = b, gradient included.
     truth = coder.decode_single(out["roi_regression_targets"][positive].float(), proposals)
-    return p, _pairwise_iou(predicted, truth.detach())
+    return p, _pairwise_iou(predicted, truth)
 
 
 def _one_stage_student(model: nn.Module, out: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,6 +194,14 @@ def _one_stage_student(model: nn.Module, out: dict[str, Any]) -> tuple[torch.Ten
         empty = out["cls_logits"].sum() * 0.0
         return empty[None][:0], empty[None][:0]
     return torch.cat(ps), torch.cat(ious)
+
+
+def _detached(targets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The targets with detached boxes (same values). For an FCOS teacher: torchvision's FCOS loss takes the
+    centerness target's square root at every location before keeping the foreground ones, and background
+    locations (matched to object 0) give it negative numbers, so a gradient through the boxes is NaN. Its
+    loss then sees the boxes fixed, as before; the student's IoU term still gets their gradient."""
+    return [{**target, "boxes": target["boxes"].detach()} for target in targets]
 
 
 def detection_search_loss(
@@ -212,7 +237,8 @@ def detection_search_loss(
             )
             teacher_loss = cls_t + box_t
         else:
-            t_out = run_detector(teacher, images, targets, losses=True)
+            t_targets = _detached(targets) if t_family == "fcos" else targets
+            t_out = run_detector(teacher, images, t_targets, losses=True)
             teacher_loss = sum(v.float() for v in t_out["losses"].values())
     inner = unwrap(student)
     p, iou = _two_stage_student(inner, s_out) if two_stage else _one_stage_student(inner, s_out)
