@@ -92,3 +92,51 @@ def test_the_gap_claim_compares_gains_paired_by_seed(tmp_path: Path) -> None:
     expected = judge(paired(gains, dict.fromkeys(range(3), 0.0)))
     claim = "DPK's gain over FGD is larger from the larger teacher (004 Table 4)"
     assert f"| {claim} | 3 | +{expected.paired.mean:.2f} |" in text
+
+
+def test_collect_keeps_each_finished_runs_record_and_the_report_says_whether_theta_moved(
+    tmp_path: Path,
+) -> None:
+    """OUT/raw gets every finished run's summary, config, curves and θ trajectory (gzipped), and the report
+    reads θ's movement from there: a run whose policy barely moved is called not moved."""
+    import gzip
+
+    header = "epoch,call,pass,search_step,op,p,p_apply,m,loss,lr\n"
+    moves = {0: 0.02, 1: 0.09}
+    for seed, move in moves.items():
+        run_dir = tmp_path / "runs" / f"det_tst_kd-seed{seed}"
+        run_dir.mkdir(parents=True)
+        (run_dir / "summary.json").write_text(
+            json.dumps(
+                {
+                    "status": "finished",
+                    "map_last": 4.0 + seed,
+                    "map_best": 4.5,
+                    "epochs": 12,
+                    "wall_seconds": 9.0,
+                }
+            )
+        )
+        (run_dir / "config.yaml").write_text("seed: 0\n")
+        (run_dir / "metrics.csv").write_text("epoch,test_map\n1,0.5\n")
+        (run_dir / "tst_policy.csv").write_text(
+            header
+            + "3,1,0,0,Rotate,0.5,0.62,0.5,,0.01\n3,1,0,0,Equalize,0.5,0.62,,,0.01\n"
+            + f"6,2,1,500,Rotate,0.5,0.62,{0.5 + move},1.0,0.01\n6,2,1,500,Equalize,0.5,0.63,,1.0,0.01\n"
+        )
+    unfinished = tmp_path / "runs" / "det_kd-seed0"
+    unfinished.mkdir()
+    (unfinished / "metrics.csv").write_text("epoch\n1\n")
+    rows = dense.collect(tmp_path)
+    assert sorted((r["arm"], r["seed"]) for r in rows) == [("det_tst_kd", 0), ("det_tst_kd", 1)]
+    raw = tmp_path / "raw" / "det_tst_kd-seed1"
+    assert sorted(p.name for p in raw.iterdir()) == [
+        "config.yaml", "metrics.csv.gz", "summary.json", "tst_policy.csv.gz"
+    ]  # fmt: skip
+    with gzip.open(raw / "metrics.csv.gz", "rt") as handle:
+        assert handle.read() == "epoch,test_map\n1,0.5\n"
+    assert not (tmp_path / "raw" / "det_kd-seed0").exists()
+    found = dense.theta_moves(tmp_path)["det_tst_kd"]
+    assert sorted(found) == [0, 1] and all(abs(found[s] - moves[s]) < 1e-9 for s in moves)
+    text = dense.report(tmp_path)
+    assert "| det_tst_kd | 0.020, 0.090 | 0.055 | yes |" in text

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import statistics
 import sys
 import threading
 import time
@@ -37,6 +38,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import run_logged, write_yaml  # noqa: E402
+from benchmarks.evidence.report import THETA_MOVED, policy_movement  # noqa: E402
 from benchmarks.evidence.stats import judge, paired  # noqa: E402
 from datakd.sweep import run_finished  # noqa: E402
 
@@ -323,14 +325,56 @@ def collect(out: Path) -> list[dict[str, Any]]:
         if arm in ARMS and run_finished(run_dir):
             task, _, metric, _ = TEACHERS[ARMS[arm][0]]
             rows.append(summary_row(arm, int(seed), task, metric, run_dir))
+            keep_raw(run_dir, out / "raw" / run_dir.name)
     for role, (task, _, metric, _) in TEACHERS.items():
         if run_finished(out / "teachers" / role):
             rows.append(summary_row(f"teacher_{role}", 0, task, metric, out / "teachers" / role))
+            keep_raw(out / "teachers" / role, out / "raw" / f"teacher_{role}")
     with open(out / "runs.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     return rows
+
+
+RAW_FILES = ("summary.json", "config.yaml", "metrics.csv", "tst_policy.csv")
+
+
+def keep_raw(run_dir: Path, raw: Path) -> None:
+    """A finished run's record in OUT/raw/RUN (summary, resolved config, per-epoch metrics and TST's θ
+    trajectory, the CSVs gzipped): small enough to commit, so the report and any later question about a
+    run's curve can be answered from the results folder without the checkpoints."""
+    import gzip
+    import shutil
+
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in RAW_FILES:
+        source = run_dir / name
+        if not source.is_file():
+            continue
+        if name.endswith(".csv"):
+            # mtime 0: the same run gives the same bytes, so a re-collect leaves the committed files unchanged
+            with (
+                open(source, "rb") as src,
+                open(raw / f"{name}.gz", "wb") as file,
+                gzip.GzipFile(fileobj=file, mode="wb", mtime=0) as dst,
+            ):
+                shutil.copyfileobj(src, dst)
+        else:
+            shutil.copyfile(source, raw / name)
+
+
+def theta_moves(out: Path) -> dict[str, dict[int, float]]:
+    """Per TST arm and seed: the largest change of any op's p_apply or m over the run (`policy_movement`),
+    read from OUT/raw (a results folder)."""
+    import gzip
+
+    moves: dict[str, dict[int, float]] = {}
+    for path in sorted((out / "raw").glob("*-seed*/tst_policy.csv.gz")):
+        arm, _, seed = path.parent.name.rpartition("-seed")
+        with gzip.open(path, "rt") as handle:
+            moves.setdefault(arm, {})[int(seed)] = policy_movement(handle.read())
+    return moves
 
 
 def read_rows(out: Path) -> list[dict[str, Any]]:
@@ -396,6 +440,22 @@ def report(out: Path) -> str:
         interval = "–" if judged.low is None else f"[{judged.low:+.2f}, {judged.high:+.2f}]"
         words = judged.words + _short(judged.paired.n, design)
         lines.append(f"| {text_} | {judged.paired.n} | {judged.paired.mean:+.2f} | {interval} | {words} |")
+    moves = theta_moves(out)
+    if moves:
+        lines += ["", "## TST's θ: did the search move it?", ""]
+        lines += [
+            f"Largest change of any op's p_apply or m over each run (`tst_policy.csv`); the classification "
+            f"protocol's gate calls θ moved at ≥ {THETA_MOVED}. Where it did not move, the TST arm tested "
+            "the initial random policy (p_apply ≈ 0.62, m = 0.5 for every op) rather than a searched one.",
+            "",
+            "| arm | per seed | median | moved |",
+            "|---|---|---|---|",
+        ]
+        for arm, per_seed in sorted(moves.items()):
+            values = [per_seed[s] for s in sorted(per_seed)]
+            median = statistics.median(values)
+            shown = ", ".join(f"{v:.3f}" for v in values)
+            lines.append(f"| {arm} | {shown} | {median:.3f} | {'yes' if median >= THETA_MOVED else 'no'} |")
     text = "\n".join(lines) + "\n"
     (out / "RESULTS.md").write_text(text)
     return text
