@@ -60,6 +60,7 @@ def design_seeds(device: str) -> list[int]:
 TEACHERS: dict[str, str] = {"main": "resnet20", "weak": "resnet14", "cheap": "resnet8", "large": "resnet32"}
 STUDENT = "resnet8"
 GRAY = {"in_channels": 1}
+INPUT_SHAPE = (1, 28, 28)  # Fashion-MNIST as the protocol feeds it (DATA: no padding to 32)
 
 DATA: dict[str, Any] = {
     "dataset": "fashion-mnist",

@@ -293,10 +293,11 @@ def claims_text(rows: list[dict[str, Any]], looks: dict[str, list[int]] | None =
 def teacher_cost_saved(rows: list[dict[str, Any]], teachers: dict[str, Any]) -> list[str]:
     """EffDstl's efficiency claim: what the cheap teacher saves, at the accuracy the claim states.
 
-    Measured: each run's device-hours (summary.json), paired by seed, WSL (the main teacher throughout)
-    minus WSL→CKM from the ResNet-8 (the cheap teacher until the switch). Estimated: the share of teacher
-    forward passes the cheap teacher serves (192/240 of training) × its cost relative to the main teacher,
-    from the two teachers' own training throughput (a forward pass costs the same share of a step).
+    Measured: each run's wall time (summary.json's device-hours), paired by seed, WSL (the main teacher
+    throughout) minus WSL→CKM from the ResNet-8 (the cheap teacher until the switch). Estimated: the share
+    of teacher forward passes the cheap teacher serves (192/240 of training) × its forward FLOPs relative to
+    the main teacher's. FLOPs, not the teachers' training throughput: the two teachers may have trained
+    under different loads (they did in run 9), and a count does not depend on the load.
     """
     main_arm, cheap_arm = "wsl", "wsl_ckm_cheap"
     hours = scores([r for r in rows if r.get("device_hours") not in (None, "")], "device_hours")
@@ -305,24 +306,34 @@ def teacher_cost_saved(rows: list[dict[str, Any]], teachers: dict[str, Any]) -> 
         return [*lines, f"Not run (needs arms {main_arm} and {cheap_arm}).", ""]
     if main_arm in hours and cheap_arm in hours:
         p = paired(hours[main_arm], hours[cheap_arm])
-        seconds = p.mean * 3600
+        wall = statistics.mean(hours[main_arm][s] for s in p.seeds) * 3600
+        interval = "" if p.low is None else f", 95 % [{p.low * 3600:+.1f}, {p.high * 3600:+.1f}] s"
         lines.append(
-            f"Measured device-hours per student run, `{main_arm}` − `{cheap_arm}` over {p.n} paired seeds: "
-            f"{p.mean:+.5f} h ({seconds:+.1f} s) 95 % {_interval(p)} h (several runs share the device, so "
-            "this is the runs' wall time, a cost indication)."
+            f"Measured wall time per student run, `{main_arm}` − `{cheap_arm}` over {p.n} paired seeds: "
+            f"{p.mean * 3600:+.1f} s{interval}, {p.mean * 3600 / wall:.0%} of a `{main_arm}` run's "
+            f"{wall:.0f} s "
+            "(several runs share the device, so this is a cost indication)."
         )
     else:
         lines.append("Measured device-hours: not recorded (runs.csv without device_hours: an older runner).")
-    main, cheap = teachers.get("main", {}), teachers.get("cheap", {})
-    if main.get("images_per_sec") and cheap.get("images_per_sec"):
+    main, cheap = teachers.get("main", {}).get("student"), teachers.get("cheap", {}).get("student")
+    if main and cheap:
         share = A.WSL_CKM["events"][0]["at"] / A.RECIPE_EPOCHS
-        ratio = main["images_per_sec"] / cheap["images_per_sec"]
+        ratio = teacher_flops(cheap) / teacher_flops(main)
         lines.append(
-            f"Estimated: the cheap teacher ({cheap.get('student')}) serves {share:.0%} of the teacher "
-            f"forward passes at {ratio:.2f}× the main teacher's ({main.get('student')}) cost per image "
-            f"(their training throughput), saving {share * (1 - ratio):.0%} of the teacher's inference cost."
+            f"Estimated: the cheap teacher ({cheap}) serves {share:.0%} of the teacher forward passes at "
+            f"{ratio:.2f}× the main teacher's ({main}) forward FLOPs per image, saving "
+            f"{share * (1 - ratio):.0%} of the teacher's inference cost."
         )
     return [*lines, ""]
+
+
+def teacher_flops(model: str) -> int:
+    """Forward FLOPs per image of a protocol teacher on the protocol's input (`arms.INPUT_SHAPE`)."""
+    from datakd.models import create
+    from datakd.models.cost import forward_flops
+
+    return forward_flops(create(model, 10, **A.GRAY), A.INPUT_SHAPE)
 
 
 SIZE_ARMS = {"kd": {"weak": "kd_t14", "main": "kd", "large": "kd_t32"},

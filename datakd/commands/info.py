@@ -1,4 +1,5 @@
-"""`datakd info`: a model's parameters and taps (`--model NAME`), or a recipe's loss-term costs (`--recipe`).
+"""`datakd info`: a model's parameters, forward FLOPs and taps (`--model NAME`), or a recipe's loss-term
+costs (`--recipe`).
 
 `--recipe FILE` builds the recipe's student and teacher (random weights), sets the loss terms up on a
 dummy context (random sample images of the recipe's input size), runs one forward of each term and
@@ -23,6 +24,7 @@ from datakd.data.loaders import Normalizer
 from datakd.errors import DatakdError
 from datakd.losses.base import LossTerm, build_terms
 from datakd.models import create, model_taps
+from datakd.models.cost import forward_flops
 from datakd.models.registry import get_entry
 
 # Input size per dataset when --input is not given (everything else is CIFAR-sized).
@@ -64,6 +66,9 @@ class Info(Command):
         model = create(args.model, args.num_classes, **kwargs)
         params = sum(p.numel() for p in model.parameters())
         print(f"model {args.model}: {params:,} parameters ({params / 1e6:.4f}M), {args.num_classes} classes")
+        if get_entry(args.model).family != "detection":  # a detector's cost depends on its detections
+            flops = forward_flops(model, shape)
+            print(f"forward: {flops / 1e9:.4f} GFLOPs per image of {'x'.join(map(str, shape))}")
         taps = model_taps(model)
         shapes = feature_shapes(model, list(taps), torch.zeros(2, *shape)) if taps else {}
         if taps:
