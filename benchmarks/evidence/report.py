@@ -336,8 +336,8 @@ def teacher_flops(model: str) -> int:
     return forward_flops(create(model, 10, **A.GRAY), A.INPUT_SHAPE)
 
 
-SIZE_ARMS = {"kd": {"weak": "kd_t14", "main": "kd", "large": "kd_t32"},
-             "dpk": {"weak": "dpk_t14", "main": "dpk", "large": "dpk_t32"}}  # fmt: skip
+SIZE_ARMS = {"kd": {"cheap": "kd_t8", "main": "kd", "large": "kd_t32"},
+             "dpk": {"cheap": "dpk_t8", "main": "dpk", "large": "dpk_t32"}}  # fmt: skip
 
 
 def _slope(x: list[float], y: list[float]) -> float:

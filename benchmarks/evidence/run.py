@@ -66,7 +66,7 @@ COST = {
     "tlcutmix_pick": 3,
     "dpk": 3,
     "dpk_fixed": 3,
-    "dpk_t14": 3,
+    "dpk_t8": 3,
     "dpk_t32": 3.5,
     "tst": 4,
     "kd_tstloss": 2,
