@@ -295,3 +295,18 @@ def test_a_runs_csv_begun_by_an_older_runner_keeps_its_header(tmp_path: Path) ->
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert rows[-1] == {"arm": "kd", "seed": "1", "top1_last": "88.5"}
+
+
+def test_a_run_keeps_the_revision_that_launched_it_not_the_recorders(tmp_path: Path) -> None:
+    """A finished run found through a shared --work is recorded with its launcher's revision, or "unknown"."""
+    from benchmarks.evidence.run import Protocol, Runner, revision_file
+    from datakd.sweep import plan
+
+    args = parse_args(["--out", str(tmp_path / "out"), "--revision", "bbbbbbb"])
+    runner = Runner(args, Protocol(2, 1, 300, None, None, "cpu"))
+    launched, older = plan(tmp_path / "arms" / "kd", [0, 1], [])
+    revision_file(launched).parent.mkdir(parents=True)
+    revision_file(launched).write_text("aaaaaaa\n")
+    assert runner.revision_of(launched) == "aaaaaaa"
+    assert runner.revision_of(older) == "unknown"
+    assert revision_file(launched).parent == launched.run_dir.parent  # beside the run folder, not in it

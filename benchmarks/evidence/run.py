@@ -56,6 +56,7 @@ from benchmarks.evidence import arms as A  # noqa: E402
 from benchmarks.evidence import report  # noqa: E402
 from benchmarks.evidence.protocol import arm_config, teacher_config  # noqa: E402
 from benchmarks.evidence.stats import INCONCLUSIVE, paired  # noqa: E402
+from datakd.checkpoint import atomic_write_text  # noqa: E402
 from datakd.faults import STORAGE_EXIT_CODE, StorageError, check_writable, storage_fault  # noqa: E402
 from datakd.sweep import SweepRun, command_for, plan, run_finished, run_state  # noqa: E402
 
@@ -285,6 +286,13 @@ class Runner:
             if source.is_file():
                 report.save_atomically(lambda tmp, source=source: _gzip(source, tmp), raw / f"{name}.gz")
 
+    def revision_of(self, run: SweepRun) -> str:
+        """The revision that trained `run`: the one written beside it at launch, else "unknown". A run this
+        invocation finds already finished (another out's, sharing `--work`) was trained by its launcher's
+        revision, not this one (run 9 mislabelled run 8's runs so)."""
+        path = revision_file(run)
+        return path.read_text().strip() if path.is_file() else "unknown"
+
     def record(self, arm: str, run: SweepRun, wall: float | None) -> dict[str, Any]:
         import torch
 
@@ -300,7 +308,7 @@ class Runner:
             "train_top1": round(train_top1, 2),
             "wall_s": round(wall if wall is not None else summary["wall_seconds"], 1),
             "images_per_sec": round(summary["images_per_sec"], 1),
-            "git_revision": self.revision,
+            "git_revision": self.revision_of(run),
             "epochs": summary["epochs"],
             "train_size": self.proto.train_size,
             "test_images": self.proto.test_size or "full",
@@ -340,6 +348,8 @@ class Runner:
             t0 = time.perf_counter()
             cmd = command_for(run, recipe, mode, [], True)
             log = self.out / "logs" / f"{arm}-seed{seed}.log"
+            revision_file(run).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.revision + "\n", revision_file(run))
             code = launch(cmd, log, self.args.threads)
             wall = time.perf_counter() - t0
             with self.lock:
@@ -417,6 +427,11 @@ def record_looks(meta: dict[str, Any], looks: dict[str, int]) -> None:
         seen = meta.setdefault("looks", {}).setdefault(key, [])
         if n not in seen:
             seen.append(n)
+
+
+def revision_file(run: SweepRun) -> Path:
+    """Beside the run folder (not in it: the trainer owns that): which revision launched the run."""
+    return run.run_dir.with_name(f"{run.run_dir.name}.revision")
 
 
 def teacher_roles(arms: list[str]) -> list[str]:
