@@ -94,7 +94,7 @@ def test_smoke_run_end_to_end(fmnist_root: Path, tmp_path: Path) -> None:
     for row in rows:
         assert 0.0 <= float(row["top1_last"]) <= 100.0 and 0.0 <= float(row["train_top1"]) <= 100.0
         assert row["epochs"] == "2" and row["train_size"] == "300"
-        assert row["git_revision"] not in ("", "unknown")  # launched here, so written beside the run
+        assert row["git_revision"] not in ("", "unknown")  # trained here, so written beside the run
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)  # all cached: skips
     assert again.returncode == 0 and "seed 0: top-1" not in again.stdout, again.stdout
     # Another student test cadence re-uses the teacher: --eval-every is not part of a teacher's hash.

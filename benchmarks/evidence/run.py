@@ -287,9 +287,10 @@ class Runner:
                 report.save_atomically(lambda tmp, source=source: _gzip(source, tmp), raw / f"{name}.gz")
 
     def revision_of(self, run: SweepRun) -> str:
-        """The revision that trained `run`: the one written beside it at launch, else "unknown". A run this
-        invocation finds already finished (another out's, sharing `--work`) was trained by its launcher's
-        revision, not this one (run 9 mislabelled run 8's runs so)."""
+        """The revision that trained `run`: the one written beside it when it finished, else "unknown".
+
+        A run this invocation finds already finished (another out's, sharing `--work`) was trained by its
+        launcher's revision, not this one (run 9 mislabelled run 8's runs so)."""
         path = revision_file(run)
         return path.read_text().strip() if path.is_file() else "unknown"
 
@@ -348,8 +349,6 @@ class Runner:
             t0 = time.perf_counter()
             cmd = command_for(run, recipe, mode, [], True)
             log = self.out / "logs" / f"{arm}-seed{seed}.log"
-            revision_file(run).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.revision + "\n", revision_file(run))
             code = launch(cmd, log, self.args.threads)
             wall = time.perf_counter() - t0
             with self.lock:
@@ -365,6 +364,8 @@ class Runner:
                 self.failed.append(f"{arm} seed {seed}")
                 print(f"{where}: FAILED (exit {code}) after {wall:.0f} s; see logs/{arm}-seed{seed}.log")
                 return
+            # After the run, not before: on a full disk the run's own exit-74 line names what failed.
+            atomic_write_text(self.revision + "\n", revision_file(run))
             row = self.record(arm, run, wall)
             print(f"{where}: top-1 {row['top1_last']:.2f} (train {row['train_top1']:.2f}) in {wall:.0f} s")
 
@@ -430,7 +431,7 @@ def record_looks(meta: dict[str, Any], looks: dict[str, int]) -> None:
 
 
 def revision_file(run: SweepRun) -> Path:
-    """Beside the run folder (not in it: the trainer owns that): which revision launched the run."""
+    """Beside the run folder (not in it: the trainer owns that): which revision trained the run."""
     return run.run_dir.with_name(f"{run.run_dir.name}.revision")
 
 
