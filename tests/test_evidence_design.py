@@ -127,6 +127,34 @@ def test_committed_results_md_is_what_report_writes_from_the_raw_rows(tmp_path: 
     assert written.read_text().split("\n")[3:] == committed.split("\n")[3:]  # all but that line
 
 
+RUN9 = RESULTS / "2026-12-05-cpu-effdstl-dpk-sizes"
+
+
+def test_run9_results_md_and_verdicts_come_from_its_raw_rows(tmp_path: Path) -> None:
+    """Run 9 (8 seeds fixed in code): EffDstl's and DPK's size claims, as README and docs/results.md state."""
+    written = tmp_path / "RESULTS.md"
+    report.write(RUN9, written, tmp_path / "evidence.png")
+    committed = (RUN9 / "RESULTS.md").read_text().split("\n")
+    ours = written.read_text().split("\n")
+    same = [
+        i
+        for i, line in enumerate(committed)
+        if "report.py --results" not in line and "evidence.png" not in line
+    ]
+    assert [ours[i] for i in same] == [committed[i] for i in same]
+    effdstl = _judged(RUN9)["wsl_ckm_cheap-wsl"]
+    assert effdstl.paired.n == 8 and not effdstl.after_a_look and effdstl.words == "no difference resolved"
+    assert effdstl.paired.mean == pytest.approx(0.10, abs=0.005)
+    rows, teachers = (
+        report.read_rows(RUN9 / "runs.csv"),
+        json.loads((RUN9 / "meta.json").read_text())["teachers"],
+    )
+    slope = report.slope_difference(rows, teachers)
+    assert slope is not None and slope.paired.n == 8 and slope.verdict == INCONCLUSIVE
+    assert slope.paired.mean == pytest.approx(0.194, abs=0.0005)
+    assert {r["git_revision"] for r in rows if r["arm"] in ("kd", "dpk")} == {"4197d2c"}  # run 8's runs
+
+
 def _flat(values: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(values, dict):
         out: dict[str, Any] = {}
